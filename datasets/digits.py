@@ -1,0 +1,116 @@
+"""``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes; no download).
+
+The images are the UCI "optical recognition of handwritten digits" test set shipped inside
+scikit-learn, with pixel values 0-16. They are scaled to [0, 1] and normalised with the mean and
+std of the training split. The split is fixed and stratified (seed 0): 1,257 train, 180 validation,
+360 test images; ``imbalance=`` subsamples the training split to a long-tailed profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distillbench.datasets.base import Dataset
+from distillbench.harness.errors import ConfigError
+from distillbench.harness.plugins import register_dataset
+from distillbench.harness.types import DataBundle, DatasetInfo, Split
+
+SPLIT_SEED = 0
+N_TEST = 360
+N_VAL = 180
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsParams:
+    """Options of ``digits``."""
+
+    imbalance: float = dataclasses.field(
+        default=1.0, metadata={"help": "n_max/n_min of an exponential long-tailed train split; 1 = as is"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.imbalance < 1.0:
+            raise ValueError(f"imbalance must be >= 1 (n_max / n_min), got {self.imbalance}")
+
+
+def long_tail_counts(counts: list[int], imbalance: float) -> list[int]:
+    """Per-class targets n_c = n_max * r^(c/(C-1)), r = 1/imbalance, capped by what each class has."""
+    n_max = min(counts) if imbalance > 1 else max(counts)
+    num = len(counts)
+    targets = [int(n_max * (1.0 / imbalance) ** (c / max(num - 1, 1))) for c in range(num)]
+    return [max(1, min(t, have)) for t, have in zip(targets, counts, strict=True)]
+
+
+@lru_cache(maxsize=4)
+def _load_cached(imbalance: float) -> DataBundle:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    raw = load_digits()
+    x = raw.images.astype(np.float32) / 16.0
+    y = raw.target.astype(np.int64)
+    idx = np.arange(len(y))
+    rest, test = train_test_split(idx, test_size=N_TEST, stratify=y, random_state=SPLIT_SEED)
+    train, val = train_test_split(rest, test_size=N_VAL, stratify=y[rest], random_state=SPLIT_SEED)
+    train = np.sort(train)
+    if imbalance > 1.0:
+        rng = np.random.default_rng(SPLIT_SEED)
+        counts = np.bincount(y[train], minlength=10).tolist()
+        keep = []
+        for c, target in enumerate(long_tail_counts(counts, imbalance)):
+            members = train[y[train] == c]
+            keep.append(np.sort(rng.choice(members, size=target, replace=False)))
+        train = np.sort(np.concatenate(keep))
+    mean = float(x[train].mean())
+    std = float(x[train].std())
+
+    def split(ids: np.ndarray) -> Split:
+        xs = torch.from_numpy((x[ids] - mean) / std).unsqueeze(1).contiguous()
+        return Split(xs, torch.from_numpy(y[ids]).contiguous())
+
+    info = _info(imbalance, (mean,), (std,))
+    return DataBundle(info, split(train), split(val), split(test), meta={"split_seed": SPLIT_SEED})
+
+
+def _info(imbalance: float, mean: tuple[float, ...] = (), std: tuple[float, ...] = ()) -> DatasetInfo:
+    name = "digits" if imbalance == 1.0 else f"digits[imbalance={imbalance!r}]"
+    return DatasetInfo(
+        name=name,
+        modality="image",
+        num_classes=10,
+        shape=(1, 8, 8),
+        class_names=tuple(str(i) for i in range(10)),
+        mean=mean,
+        std=std,
+        # Digits are not mirror-symmetric: DSA's authors drop flips for MNIST-like data.
+        dsa_strategy="color_crop_cutout_scale_rotate",
+    )
+
+
+@register_dataset("digits")
+class Digits(Dataset):
+    """scikit-learn's 8x8 handwritten digits; embedded, no download. Train 1,257 / val 180 / test 360."""
+
+    name = "digits"
+    Params = DigitsParams
+
+    def info(self) -> DatasetInfo:
+        return _info(self.params.imbalance)
+
+    def load(self, root: Path) -> DataBundle:
+        try:
+            bundle = _load_cached(float(self.params.imbalance))
+        except ImportError as exc:  # pragma: no cover - scikit-learn is a dependency
+            raise ConfigError(f"dataset 'digits' needs scikit-learn: {exc}") from None
+        # Callers get their own Split objects so an in-place edit cannot leak into the cache.
+        return dataclasses.replace(
+            bundle,
+            train=dataclasses.replace(bundle.train),
+            val=dataclasses.replace(bundle.val),
+            test=dataclasses.replace(bundle.test),
+        )

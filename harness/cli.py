@@ -1,0 +1,398 @@
+"""The ``distillbench`` command line.
+
+Every error a user can cause (a bad grid, an unknown name, a missing file) is printed as one line
+starting with ``error:`` and exits with status 2, before anything is scheduled or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from distillbench.harness.errors import DistillBenchError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints the whole usage block by default)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def _fmt(text: str) -> str:
+    return text.strip("\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="distillbench",
+        description="Benchmark dataset distillation methods: run grids, inspect plugins, build leaderboards.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_fmt("""
+examples:
+  distillbench run configs/quickstart.yaml
+  distillbench ls methods
+  distillbench describe dm
+  distillbench distill dm digits --ipc 10 --protocol quick-v1
+  distillbench leaderboard results --out results/leaderboard
+"""),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+        sub_parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub_parser.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            metavar="MODULE_OR_FILE",
+            help="import a plugin module or .py file first (repeatable)",
+        )
+        return sub_parser
+
+    run = command(
+        "run",
+        "Run a grid file under Ray Tune; skip trials that already have a row.",
+        "distillbench run configs/quickstart.yaml --results results/quickstart",
+    )
+    run.add_argument("grid", help="YAML grid file")
+    run.add_argument("--results", help="results directory (default: results/<grid name>)")
+    run.add_argument(
+        "--data-root", help="dataset root (default: grid data_root, $DISTILLBENCH_DATA, ~/.cache/distillbench)"
+    )
+    run.add_argument(
+        "--address", help="join a running Ray cluster ('auto' or host:port; default: $RAY_ADDRESS or local)"
+    )
+    run.add_argument("--dry-run", action="store_true", help="validate and list the trials; run and write nothing")
+    run.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard at the end")
+
+    ls = command(
+        "ls",
+        "List registered plugins of a kind, optionally filtered by a wildcard pattern.",
+        "distillbench ls methods 'd*'",
+    )
+    ls.add_argument("kind", help="methods, datasets, networks, protocols, weightings or labels")
+    ls.add_argument("pattern", nargs="?", help="fnmatch pattern, e.g. 'd*'")
+    ls.add_argument("--check", action="store_true", help="import every plugin and report the ones that fail")
+
+    describe = command("describe", "Show a plugin's documentation and parameters.", "distillbench describe dm")
+    describe.add_argument("name", help="plugin name (looked up in every registry) or KIND:NAME")
+
+    distill = command(
+        "distill",
+        "Distil and evaluate one trial without Ray.",
+        "distillbench distill dm[iterations=100] digits --ipc 10 --protocol quick-v1 --json",
+    )
+    distill.add_argument("method", help="method spec, e.g. dm or 'dm[iterations=100]'")
+    distill.add_argument("dataset", help="dataset spec, e.g. digits")
+    distill.add_argument("--ipc", type=int, required=True, help="samples per class")
+    distill.add_argument("--seed", type=int, default=0, help="distillation seed (default 0)")
+    distill.add_argument("--protocol", default="convnet-v1", help="evaluation protocol (default convnet-v1)")
+    distill.add_argument("--weighting", default="none", help="sample weighting (default none)")
+    distill.add_argument("--labels", default="native", help="label stage (default native)")
+    distill.add_argument("--data-root", help="dataset root")
+    distill.add_argument("--out", help="save the distilled set here (.safetensors, with .json metadata beside it)")
+    distill.add_argument("--json", action="store_true", help="print the result row as one JSON object on stdout")
+
+    evaluate = command(
+        "evaluate",
+        "Evaluate a saved distilled set under a protocol.",
+        "distillbench evaluate results/quickstart/sets/0123abcd.safetensors --protocol quick-v1",
+    )
+    evaluate.add_argument("set_file", help="a .safetensors file written by distill --out or by a run")
+    evaluate.add_argument("--protocol", default="convnet-v1", help="evaluation protocol (default convnet-v1)")
+    evaluate.add_argument("--seed", type=int, help="evaluation seed (default: the set's distillation seed)")
+    evaluate.add_argument("--data-root", help="dataset root")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
+
+    board = command(
+        "leaderboard",
+        "Build the leaderboard (Markdown and CSV) from results directories.",
+        "distillbench leaderboard results/quickstart --out results/quickstart/leaderboard",
+    )
+    board.add_argument("results", nargs="+", help="one or more results directories")
+    board.add_argument("--out", help="output directory (default: <first results dir>/leaderboard)")
+    board.add_argument("--grid", help="only rows of this grid (wildcards allowed)")
+    board.add_argument("--dataset", help="only rows of this dataset (wildcards allowed)")
+    board.add_argument("--protocol", help="only rows of this protocol (wildcards allowed)")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ commands
+def _data_root(arg: str | None, grid_root: str | None = None, *, base: Path | None = None) -> Path:
+    from distillbench.harness.runner import default_data_root
+
+    if arg:
+        return Path(arg).expanduser().resolve()
+    if grid_root:
+        path = Path(grid_root).expanduser()
+        # A relative data_root in a grid file is relative to the grid file, not to the caller's cwd.
+        return (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
+    return default_data_root().resolve()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from distillbench.harness import store
+    from distillbench.harness.spec import load_grid_file, trial_table
+
+    grid = load_grid_file(args.grid)
+    results = store.check_results_dir(Path(args.results) if args.results else Path("results") / grid.name)
+    data_root = _data_root(args.data_root, grid.data_root, base=Path(args.grid).resolve().parent)
+    done = store.existing_trial_ids(results, status=("ok", "diverged")) if results.is_dir() else set()
+    pending = [t for t in grid.trials if t.trial_id not in done]
+    if args.dry_run:
+        print(
+            f"grid {grid.name!r}: {len(grid.trials)} trials, {len(pending)} to run, "
+            f"{len(grid.trials) - len(pending)} done"
+        )
+        for row in trial_table(grid.trials):
+            state = "done" if row["trial_id"] in done else "pending"
+            print(
+                f"  {row['trial_id']}  {state:7}  {row['dataset']}  {row['method']}  ipc={row['ipc']}  "
+                f"seed={row['seed']}  weighting={row['weighting']}  labels={row['labels']}  {row['protocol']}"
+            )
+        print(f"results would go to {results}; nothing was run or written (--dry-run)")
+        return 0
+    from distillbench.harness.scheduler import run_grid
+
+    print(
+        f"grid {grid.name!r}: {len(grid.trials)} trials ({len(pending)} to run, {len(grid.trials) - len(pending)} "
+        f"already done) -> {results}",
+        flush=True,
+    )
+    outcome = run_grid(
+        grid.trials,
+        results=results,
+        data_root=data_root,
+        grid_name=grid.name,
+        resources=grid.resources,
+        retries=grid.retries,
+        download=grid.download,
+        address=args.address,
+        plugins=grid.plugins + tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in args.plugin),
+    )
+    print(
+        f"finished in {outcome.seconds:.1f} s: {outcome.ok} ok, {outcome.failed} failed, "
+        f"{outcome.skipped} skipped (already done), {outcome.pending} not run"
+    )
+    for error in outcome.errors[:10]:
+        print(f"  failed: {error}")
+    print(f"rows: {store.rows_dir(results)}")
+    if not args.no_leaderboard:
+        from distillbench.leaderboard import build_leaderboard
+
+        board = build_leaderboard([results], results / "leaderboard")
+        print(f"leaderboard: {board.markdown_path}")
+        print(f"             {board.csv_path}")
+    if outcome.interrupted:
+        print("interrupted: run the same command again to finish the missing trials", file=sys.stderr)
+        return 130
+    return 0 if outcome.failed == 0 else 1
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from distillbench.harness.plugins import registry
+
+    reg = registry(args.kind)
+    if args.check:
+        reg.load_all()
+    names = reg.names(args.pattern)
+    for name in names:
+        print(name)
+    for name, reason in sorted(reg.broken.items()):
+        print(f"{name}  [broken: {reason}]", file=sys.stderr)
+    if not names and args.pattern:
+        print(f"no {reg.kind} matches {args.pattern!r}", file=sys.stderr)
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    import inspect
+
+    from distillbench.harness.errors import UnknownNameError
+    from distillbench.harness.params import describe_params
+    from distillbench.harness.plugins import REGISTRIES, registry
+
+    kind, _, name = args.name.rpartition(":")
+    candidates = [registry(kind)] if kind else list(REGISTRIES.values())
+    found = [(reg, reg.get(name)) for reg in candidates if name in reg]
+    if not found:
+        every = sorted({n for reg in candidates for n in reg.names()})
+        import difflib
+
+        close = difflib.get_close_matches(name, every, n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownNameError(f"no plugin named {name!r}.{hint} See 'distillbench ls KIND' for the names")
+    for reg, obj in found:
+        print(f"{reg.kind} {name}  ({reg.origin(name)})")
+        doc = inspect.getdoc(obj) if not hasattr(obj, "description") else obj.description
+        if doc:
+            print("  " + doc.replace("\n", "\n  "))
+        if hasattr(obj, "modalities"):
+            print(f"  modalities: {', '.join(sorted(obj.modalities))}")
+        if hasattr(obj, "accepts_weights"):
+            print(f"  accepts sample weights: {'yes' if obj.accepts_weights else 'no'}")
+        if hasattr(obj, "version") and hasattr(obj, "n_models"):
+            import dataclasses
+
+            for field in dataclasses.fields(obj):
+                if field.name != "description":
+                    print(f"  {field.name} = {getattr(obj, field.name)!r}")
+            continue
+        params = getattr(obj, "Params", None)
+        rows = describe_params(params) if params is not None else []
+        if rows:
+            print("  parameters:")
+            for pname, ptype, default, help_text in rows:
+                print(f"    {pname}: {ptype} = {default}" + (f"  # {help_text}" if help_text else ""))
+        else:
+            print("  parameters: none")
+    return 0
+
+
+def _summary(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return f"{row['status']}: {str(row.get('error') or '').strip().splitlines()[0]}"
+    return (
+        f"{row['method']} on {row['dataset']}, ipc {row['ipc']}, seed {row['seed']}, {row['protocol']}: "
+        f"accuracy {100 * row['acc_mean']:.2f} ± {100 * row['acc_std']:.2f} % over {row['n_eval_models']} models "
+        f"(distill {row['distill_seconds']:.1f} s, eval {row['eval_seconds']:.1f} s)"
+    )
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from distillbench.harness import store
+    from distillbench.harness.runner import run_trial
+    from distillbench.harness.spec import TrialSpec
+
+    spec = TrialSpec(
+        dataset=args.dataset,
+        method=args.method,
+        ipc=args.ipc,
+        seed=args.seed,
+        weighting=args.weighting,
+        labels=args.labels,
+        protocol=args.protocol,
+        grid="cli",
+    )
+    spec.resolve()  # bad input fails here, before any work, with exit status 2
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and out.is_dir():
+        raise DistillBenchError(f"--out {str(out)!r} is a directory; pass a file name such as set.safetensors")
+
+    def progress(fraction: float, message: str) -> None:
+        if not args.json:
+            print(f"\r\033[K{100 * fraction:5.1f}% {message}", end="", file=sys.stderr, flush=True)
+
+    row = run_trial(
+        spec, data_root=_data_root(args.data_root), set_path=out, progress=progress if sys.stderr.isatty() else None
+    )
+    if args.json:
+        print(store.row_to_json(row))
+    else:
+        print(_summary(row))
+        if out is not None and row["status"] == "ok":
+            print(f"set: {out if out.suffix == '.safetensors' else out.with_suffix('.safetensors')}")
+    return 0 if row["status"] == "ok" else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from distillbench.harness import store
+    from distillbench.harness.plugins import PROTOCOLS
+    from distillbench.harness.runner import evaluate_set, load_data, pick_device
+    from distillbench.harness.spec import TrialSpec
+
+    protocol = PROTOCOLS.resolve(args.protocol).obj
+    dset, meta = store.load_set(Path(args.set_file))
+    if "spec" not in meta:
+        raise DistillBenchError(f"{args.set_file}: metadata has no 'spec'; was it written by distillbench?")
+    spec = TrialSpec.from_dict({**meta["spec"], "protocol": args.protocol})
+    resolved = spec.resolve()
+    data = load_data(resolved, _data_root(args.data_root))
+    seed = args.seed if args.seed is not None else spec.seed
+    start = time.perf_counter()
+    metrics = evaluate_set(protocol, dset, data, seed=seed, device=pick_device())
+    result = {
+        "set_file": str(args.set_file),
+        "dataset": resolved.dataset.display,
+        "method": resolved.method.display,
+        "ipc": spec.ipc,
+        "protocol": protocol.name,
+        "protocol_version": protocol.version,
+        "seed": seed,
+        **metrics,
+    }
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(
+            f"{result['method']} on {result['dataset']}, ipc {spec.ipc}, {protocol.id}: accuracy "
+            f"{100 * metrics['acc_mean']:.2f} ± {100 * metrics['acc_std']:.2f} % "
+            f"over {metrics['n_eval_models']} models "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from distillbench.leaderboard import build_leaderboard
+
+    dirs = [Path(d) for d in args.results]
+    for d in dirs:
+        if not d.is_dir():
+            raise DistillBenchError(f"results directory {str(d)!r} does not exist; pass the --results of a run")
+    out = Path(args.out) if args.out else dirs[0] / "leaderboard"
+    board = build_leaderboard(dirs, out, grid=args.grid, dataset=args.dataset, protocol=args.protocol)
+    for path, reason in board.skipped_files:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(f"{board.n_ok} ok rows, {len(board.failures)} failed rows, {len(board.tables)} tables")
+    print(f"leaderboard: {board.markdown_path}")
+    print(f"             {board.csv_path}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "ls": cmd_ls,
+    "describe": cmd_describe,
+    "distill": cmd_distill,
+    "evaluate": cmd_evaluate,
+    "leaderboard": cmd_leaderboard,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``distillbench`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.plugin:
+            from distillbench.harness.plugins import load_plugin_modules
+
+            load_plugin_modules(args.plugin, base=os.getcwd())
+        return COMMANDS[args.command](args)
+    except DistillBenchError as exc:
+        message = " ".join(str(exc).split()) if "\n" not in str(exc).strip() else str(exc).strip().splitlines()[0]
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""``name[key=value,...]`` plugin specs and typed, frozen parameter dataclasses.
+
+A configured plugin is written ``dm[lr_img=1.0,iterations=200]`` in grids and on the command line.
+Values may themselves be specs (``dm[net=convnet[depth=2]]``): brackets nest. Each plugin declares
+its parameters as a frozen dataclass; :func:`build_params` checks keys and converts values to the
+declared types, so ``iterations=2e3`` or ``unknown=1`` are errors, not silent surprises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from distillbench.harness.errors import ConfigError
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    """Parameters of a plugin that takes none."""
+
+
+def parse_spec(text: str) -> tuple[str, dict[str, str]]:
+    """Split ``name[k=v,...]`` into the name and the raw (string) values.
+
+    Args:
+        text: the spec, e.g. ``"dm[iterations=200,net=convnet[depth=2]]"``.
+
+    Returns:
+        The name and an ordered mapping of key to raw value string.
+
+    Raises:
+        ConfigError: unbalanced brackets, a missing ``=``, an empty name or a repeated key.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"expected a plugin name such as 'dm' or 'dm[iterations=200]', got {text!r}")
+    text = text.strip()
+    if "[" not in text:
+        if "]" in text or not text:
+            raise ConfigError(f"malformed plugin spec {text!r}: expected 'name' or 'name[key=value,...]'")
+        return text, {}
+    name, _, rest = text.partition("[")
+    name = name.strip()
+    if not name or not rest.endswith("]"):
+        raise ConfigError(f"malformed plugin spec {text!r}: expected 'name[key=value,...]' with a closing ']'")
+    body = rest[:-1]
+    items: list[str] = []
+    depth, start = 0, 0
+    for i, ch in enumerate(body):
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ConfigError(f"malformed plugin spec {text!r}: unbalanced ']'")
+        elif ch == "," and depth == 0:
+            items.append(body[start:i])
+            start = i + 1
+    if depth != 0:
+        raise ConfigError(f"malformed plugin spec {text!r}: unbalanced '['")
+    items.append(body[start:])
+    raw: dict[str, str] = {}
+    for item in items:
+        if not item.strip():
+            if len(items) == 1:
+                continue  # "name[]" is just the name
+            raise ConfigError(f"malformed plugin spec {text!r}: empty item between commas")
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"malformed plugin spec {text!r}: item {item.strip()!r} is not 'key=value'")
+        if key in raw:
+            raise ConfigError(f"malformed plugin spec {text!r}: key {key!r} given twice")
+        raw[key] = value.strip()
+    return name, raw
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        return f"tuple[{_type_name(args[0])}, ...]" if args else "tuple"
+    if tp is type(None):
+        return "none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any) -> Any:
+    """Convert ``value`` (a raw string or a YAML scalar) to ``tp``; raise ``ValueError`` if impossible."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in {"none", "null"})):
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg)
+            except ValueError:
+                continue
+        raise ValueError
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            if value == choice or (isinstance(value, str) and str(choice) == value):
+                return choice
+        raise ValueError
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(tp) or (str,)
+        if isinstance(value, str):
+            parts = [p for p in value.replace(";", " ").replace("/", " ").split() if p]
+        elif isinstance(value, list | tuple):
+            parts = list(value)
+        else:
+            raise ValueError
+        return tuple(_convert(p, inner) for p in parts)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ValueError
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            return int(value.replace("_", ""), 10)
+        raise ValueError
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, (int | float, str)):
+            result = float(value)
+        else:
+            raise ValueError
+        if math.isnan(result):
+            raise ValueError
+        return result
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError
+    raise ValueError
+
+
+def build_params(cls: type, raw: Mapping[str, Any], *, owner: str) -> Any:
+    """Instantiate the frozen dataclass ``cls`` from raw values, checking keys and types.
+
+    Args:
+        cls: the parameter dataclass.
+        raw: key to value (strings from a spec, or YAML scalars).
+        owner: what the parameters belong to, for messages (e.g. ``"method 'dm'"``).
+
+    Raises:
+        ConfigError: unknown key (with the valid keys) or a value of the wrong type.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or "(none)"
+            raise ConfigError(f"unknown parameter {key!r} for {owner}; valid parameters: {valid}")
+        tp = hints[key]
+        try:
+            kwargs[key] = _convert(value, tp)
+        except (ValueError, TypeError):
+            raise ConfigError(f"parameter {key!r} of {owner} must be {_type_name(tp)}, got {value!r}") from None
+    try:
+        params = cls(**kwargs)
+    except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__ range check
+        raise ConfigError(f"invalid parameters for {owner}: {exc}") from None
+    return params
+
+
+def params_to_dict(params: Any) -> dict[str, Any]:
+    """All fields of a parameter dataclass as plain JSON-able values (tuples become lists)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def format_value(value: Any) -> str:
+    """A value as it is written inside a spec (round-trips through :func:`parse_spec`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, tuple | list):
+        return "/".join(format_value(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def format_spec(name: str, params: Any) -> str:
+    """The display form of a configured plugin: only the parameters that differ from the defaults."""
+    if params is None:
+        return name
+    defaults = type(params)()
+    changed = [
+        f"{f.name}={format_value(getattr(params, f.name))}"
+        for f in dataclasses.fields(params)
+        if getattr(params, f.name) != getattr(defaults, f.name)
+    ]
+    return f"{name}[{','.join(sorted(changed))}]" if changed else name
+
+
+def describe_params(cls: type) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, help) for each field of a parameter dataclass, for ``describe``."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = format_value(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = format_value(f.default_factory())
+        else:
+            default = "(required)"
+        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+    return rows

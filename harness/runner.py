@@ -1,0 +1,304 @@
+"""``run_trial``: distil and evaluate one trial, without Ray.
+
+The runner is the whole life of a trial: load the data, compute sample weights, distil (or reuse a
+set already in the store), apply the label stage, evaluate under the protocol, and return one row.
+It never raises for a failing trial: a method error becomes a row with status ``error`` and the
+error text, a NaN/inf loss a row with status ``diverged``, so one bad trial never stops a grid.
+It imports no Ray: the scheduler calls it inside Ray workers, the CLI and the tests call it directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import importlib.metadata
+import json
+import platform
+import resource
+import socket
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distillbench.harness import store
+from distillbench.harness.errors import DistillBenchError, DivergedError
+from distillbench.harness.seeding import derive_seed, torch_generator
+from distillbench.harness.spec import ResolvedTrial, TrialSpec
+from distillbench.harness.types import Context, DataBundle, DistilledSet
+
+DEFAULT_DATA_ROOT = "~/.cache/distillbench"
+
+
+def default_data_root() -> Path:
+    """``$DISTILLBENCH_DATA`` or ``~/.cache/distillbench``."""
+    import os
+
+    return Path(os.environ.get("DISTILLBENCH_DATA") or DEFAULT_DATA_ROOT).expanduser()
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else the first CUDA device if there is one, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@functools.lru_cache(maxsize=1)
+def provenance() -> dict[str, Any]:
+    """Versions and code identity, computed once per process."""
+
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "package_version": version("distillbench"),
+        "git_sha": _git_sha(),
+        "torch_version": torch.__version__,
+        "ray_version": version("ray"),
+        "python_version": platform.python_version(),
+        "node": socket.gethostname(),
+    }
+
+
+def _git_sha() -> str | None:
+    """The commit of the source tree this package runs from (``-dirty`` if modified), if it is a checkout."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+# Loading is the slow part of short trials; a worker process that runs many trials (Ray reuses
+# actors) loads each configured dataset once.
+@functools.lru_cache(maxsize=4)
+def _load_cached(dataset_spec: str, root: str, download: bool) -> DataBundle:
+    from distillbench.harness.plugins import DATASETS
+
+    configured = DATASETS.resolve(dataset_spec)
+    dataset = configured.obj(configured.params)
+    dataset.prepare(Path(root), download=download)
+    return dataset.load(Path(root))
+
+
+def load_data(resolved: ResolvedTrial, data_root: Path, *, download: bool = False) -> DataBundle:
+    """The trial's dataset (cached per process)."""
+    return _load_cached(resolved.spec.dataset, str(Path(data_root).expanduser().resolve()), download)
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    # ru_maxrss is in KiB on Linux; it is the process's peak so far (a reused worker keeps its maximum).
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, DistillBenchError | DivergedError):
+        return f"{type(exc).__name__}: {exc}"
+    tail = "".join(traceback.format_exception(exc)[-6:])
+    return f"{type(exc).__name__}: {exc}\n{tail}"
+
+
+def distill_set(
+    resolved: ResolvedTrial,
+    data: DataBundle,
+    *,
+    device: torch.device,
+    progress: Callable[[float, str], None] | None = None,
+) -> DistilledSet:
+    """Weighting, distillation and the label stage of one trial."""
+    seed = derive_seed(resolved.spec.seed, "distill", resolved.distill_id)
+    ctx = Context(device=device, generator=torch_generator(seed), seed=seed, progress=progress)
+    weighting = resolved.weighting.obj(resolved.weighting.params)
+    ctx.weights = weighting.compute(data, ctx)
+    method = resolved.method.obj(resolved.method.params)
+    dset = method.distill(data, resolved.spec.ipc, ctx)
+    stage = resolved.labels.obj(resolved.labels.params)
+    dset = stage.apply(dset, data, ctx)
+    if not torch.isfinite(dset.x).all():
+        raise DivergedError(f"method {resolved.method.display!r} produced non-finite samples")
+    return dset
+
+
+def _set_metadata(resolved: ResolvedTrial, distill_seconds: float) -> dict[str, Any]:
+    return {
+        "distill_id": resolved.distill_id,
+        "spec": resolved.spec.to_dict(),
+        "resolved": resolved.canonical(with_protocol=False),
+        "dataset": resolved.dataset.display,
+        "method": resolved.method.display,
+        "weighting": resolved.weighting.display,
+        "labels": resolved.labels.display,
+        "ipc": resolved.spec.ipc,
+        "seed": resolved.spec.seed,
+        "distill_seconds": distill_seconds,
+        **{k: v for k, v in provenance().items() if k in ("package_version", "git_sha")},
+    }
+
+
+def run_trial(
+    spec: TrialSpec | dict[str, Any],
+    *,
+    results: Path | None = None,
+    data_root: Path | None = None,
+    download: bool = False,
+    device: str | torch.device | None = None,
+    reuse_sets: bool = True,
+    set_path: Path | None = None,
+    progress: Callable[[float, str], None] | None = None,
+) -> dict[str, Any]:
+    """Distil and evaluate one trial; return its result row (never raises for a failing trial).
+
+    Args:
+        spec: the trial (a ``TrialSpec`` or its dict form).
+        results: results directory; when given, the distilled set is saved under ``sets/`` (and
+            reused by later trials that differ only in the protocol).
+        data_root: where datasets live (default: ``$DISTILLBENCH_DATA`` or ``~/.cache/distillbench``).
+        download: allow datasets to download missing files.
+        device: computation device (default: CUDA if available, else CPU).
+        reuse_sets: load an existing set with the same ``distill_id`` instead of distilling again.
+        set_path: also save the set at this path (``.safetensors``, with ``.json`` metadata beside it).
+        progress: optional callback ``(fraction, message)``.
+
+    Returns:
+        A dict with every column of :data:`distillbench.harness.store.SCHEMA`.
+    """
+    start = dt.datetime.now(dt.UTC)
+    spec = spec if isinstance(spec, TrialSpec) else TrialSpec.from_dict(spec)
+    device = pick_device(device)
+    row: dict[str, Any] = {
+        "grid": spec.grid,
+        "dataset": spec.dataset,
+        "method": spec.method,
+        "weighting": spec.weighting,
+        "labels": spec.labels,
+        "ipc": spec.ipc,
+        "seed": spec.seed,
+        "protocol": spec.protocol,
+        "spec_json": json.dumps(spec.to_dict(), sort_keys=True),
+        "device": _device_name(device),
+        "start_time": start,
+        **provenance(),
+    }
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        resolved = spec.resolve()
+        row.update(_identity(resolved))
+        data = load_data(resolved, data_root or default_data_root(), download=download)
+        row["train_class_counts"] = data.train.class_counts(data.info.num_classes)
+        dset, distill_seconds, reused = None, 0.0, False
+        existing = store.find_set(results, resolved.distill_id) if (results is not None and reuse_sets) else None
+        if existing is not None:
+            dset, _ = store.load_set(existing)
+            reused = True
+        else:
+            t0 = time.perf_counter()
+            dset = distill_set(resolved, data, device=device, progress=progress)
+            distill_seconds = time.perf_counter() - t0
+            if results is not None:
+                meta = _set_metadata(resolved, distill_seconds)
+                existing = store.save_set(store.sets_dir(results), resolved.distill_id, dset, meta)
+        if set_path is not None:
+            _save_at(Path(set_path), dset, _set_metadata(resolved, distill_seconds))
+        row.update(
+            distill_seconds=distill_seconds,
+            set_reused=reused,
+            set_bytes=dset.nbytes(),
+            n_distilled=len(dset),
+            soft_labels=dset.soft,
+            set_path=str(existing.relative_to(results)) if (existing is not None and results is not None) else None,
+        )
+        row.update(evaluate_set(resolved.protocol, dset, data, seed=spec.seed, device=device, progress=progress))
+        row["status"] = "ok"
+    except DivergedError as exc:
+        row.update(status="diverged", error=_error_text(exc))
+    except Exception as exc:  # one failing trial must not stop the grid; the row carries the error
+        row.update(status="error", error=_error_text(exc))
+    row["peak_memory_bytes"] = _peak_memory(device)
+    row["end_time"] = dt.datetime.now(dt.UTC)
+    return store.make_row(row)
+
+
+def _save_at(path: Path, dset: DistilledSet, meta: dict[str, Any]) -> None:
+    """Save a set at an explicit path (``distillbench distill --out``)."""
+    path = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
+    store.save_set(path.parent, path.stem, dset, meta)
+
+
+def _identity(resolved: ResolvedTrial) -> dict[str, Any]:
+    from distillbench.harness.params import params_to_dict
+
+    return {
+        "trial_id": resolved.trial_id,
+        "distill_id": resolved.distill_id,
+        "dataset": resolved.dataset.display,
+        "dataset_params": json.dumps(params_to_dict(resolved.dataset.params), sort_keys=True),
+        "method": resolved.method.display,
+        "method_name": resolved.method.name,
+        "method_params": json.dumps(params_to_dict(resolved.method.params), sort_keys=True),
+        "weighting": resolved.weighting.display,
+        "labels": resolved.labels.display,
+        "protocol": resolved.protocol.name,
+        "protocol_version": resolved.protocol.version,
+        "eval_network": resolved.protocol.network,
+        "spec_json": json.dumps(resolved.canonical(), sort_keys=True),
+        "n_eval_models": resolved.protocol.n_models,
+    }
+
+
+def evaluate_set(
+    protocol: Any,
+    dset: DistilledSet,
+    data: DataBundle,
+    *,
+    seed: int,
+    device: torch.device,
+    progress: Callable[[float, str], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``dset`` under ``protocol``; the metric and cost columns of a row."""
+    from distillbench.harness.evaluate import evaluate
+
+    result = evaluate(protocol, dset, data, seed=seed, device=device, progress=progress)
+    return {
+        "acc_mean": result.acc_mean,
+        "acc_std": result.acc_std,
+        "acc_per_model": list(result.acc_per_model),
+        "acc_per_class": list(result.acc_per_class),
+        "val_acc_mean": result.val_acc_mean,
+        "eval_seconds": result.seconds,
+        "n_eval_models": len(result.acc_per_model),
+        "eval_network": result.network,
+        **{k: getattr(result, k) for k in ("acc_aligned", "acc_conflicting", "acc_worst_group") if hasattr(result, k)},
+        **{k: getattr(result, k) for k in ("acc_many", "acc_medium", "acc_few") if hasattr(result, k)},
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+__all__ = ["run_trial", "distill_set", "evaluate_set", "load_data", "pick_device", "default_data_root"]

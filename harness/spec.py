@@ -1,0 +1,323 @@
+"""Grid files and trial specs: parse, validate, expand, and hash into trial ids.
+
+A grid file is YAML. Its ``grid:`` block (or each block of ``grids:``) maps axes to a value or a
+list of values; each block is crossed on its own and the blocks are concatenated, so
+incompatible axes are never crossed::
+
+    name: quickstart
+    protocol: quick-v1
+    grid:
+      dataset: [digits]
+      method: [random, herding, "dm[iterations=200]"]
+      ipc: [1, 10]
+      seed: [0, 1]
+
+Every trial is validated before anything is scheduled: unknown plugin names (with close matches),
+unknown or mistyped parameters, ipc below 1, and combinations the plugins declare incompatible are
+errors that name the grid block and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from distillbench.harness.errors import ConfigError, DistillBenchError, IncompatibleError
+from distillbench.harness.params import params_to_dict
+
+AXES = ("dataset", "method", "ipc", "seed", "weighting", "labels", "protocol")
+DEFAULTS = {"weighting": "none", "labels": "native", "seed": 0}
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    "protocol",
+    "data_root",
+    "download",
+    "resources",
+    "retries",
+    "plugins",
+    "grid",
+    "grids",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSpec:
+    """One trial: which data, which method with which options, how many samples, which seed, which protocol.
+
+    The plugin fields hold spec strings (``"dm[iterations=200]"``). ``trial_id`` and ``distill_id``
+    are hashes of the *resolved* specs (every parameter, defaults included), so two spellings of
+    the same configuration share an id, and a changed default gives a new one.
+    """
+
+    dataset: str
+    method: str
+    ipc: int
+    seed: int = 0
+    weighting: str = "none"
+    labels: str = "native"
+    protocol: str = "convnet-v1"
+    grid: str = "adhoc"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialSpec:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+    def resolve(self) -> ResolvedTrial:
+        """Look up every plugin and validate parameters and combinations (see :func:`resolve_trial`)."""
+        return resolve_trial(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedTrial:
+    """A trial spec with every plugin looked up and every parameter validated."""
+
+    spec: TrialSpec
+    dataset: Any  # Configured
+    method: Any
+    weighting: Any
+    labels: Any
+    protocol: Any  # EvalProtocol
+    info: Any  # DatasetInfo
+
+    def canonical(self, *, with_protocol: bool = True) -> dict[str, Any]:
+        """The fully resolved spec as plain data (what ids hash and rows store)."""
+        doc: dict[str, Any] = {
+            "dataset": {"name": self.dataset.name, "params": params_to_dict(self.dataset.params)},
+            "method": {"name": self.method.name, "params": params_to_dict(self.method.params)},
+            "weighting": {"name": self.weighting.name, "params": params_to_dict(self.weighting.params)},
+            "labels": {"name": self.labels.name, "params": params_to_dict(self.labels.params)},
+            "ipc": self.spec.ipc,
+            "seed": self.spec.seed,
+        }
+        if with_protocol:
+            doc["protocol"] = {"name": self.protocol.name, "version": self.protocol.version}
+        return doc
+
+    @property
+    def trial_id(self) -> str:
+        return _hash(self.canonical())
+
+    @property
+    def distill_id(self) -> str:
+        return _hash(self.canonical(with_protocol=False))
+
+
+def _hash(doc: Mapping[str, Any]) -> str:
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_int(value: Any, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        else:
+            raise ConfigError(f"{what} must be an integer, got {value!r}")
+    if value < minimum:
+        hint = " (samples per class)" if what == "ipc" else ""
+        raise ConfigError(f"{what} must be at least {minimum}{hint}, got {value}")
+    return value
+
+
+def resolve_trial(spec: TrialSpec) -> ResolvedTrial:
+    """Resolve and validate one trial.
+
+    Raises:
+        UnknownNameError: a plugin name is unknown (the message lists close matches).
+        ConfigError: a parameter is unknown or mistyped, or ipc/seed are out of range.
+        IncompatibleError: the plugins cannot work together.
+    """
+    from distillbench.harness.networks import resolve_network
+    from distillbench.harness.plugins import DATASETS, LABELS, METHODS, PROTOCOLS, WEIGHTINGS
+
+    ipc = _check_int(spec.ipc, "ipc", 1)
+    _check_int(spec.seed, "seed", 0)
+    dataset = DATASETS.resolve(spec.dataset)
+    method = METHODS.resolve(spec.method)
+    weighting = WEIGHTINGS.resolve(spec.weighting)
+    labels = LABELS.resolve(spec.labels)
+    protocol_ref = PROTOCOLS.resolve(spec.protocol)
+    protocol = protocol_ref.obj
+
+    info = dataset.obj(dataset.params).info()
+    method_obj = method.obj(method.params)
+    method_obj.validate(info, ipc)
+    if not getattr(weighting.obj, "identity", False) and not getattr(method.obj, "accepts_weights", False):
+        raise IncompatibleError(
+            f"weighting {weighting.display!r} cannot be combined with method {method.display!r}: the method "
+            "ignores sample weights; use weighting none, or a method that accepts weights "
+            "(distillbench describe METHOD says)"
+        )
+    check = getattr(labels.obj, "check", None)
+    if check is not None:
+        check(method.obj, info)
+    try:
+        resolve_network(protocol.network).validate(info)
+    except DistillBenchError as exc:
+        raise IncompatibleError(f"protocol {protocol.name!r} cannot evaluate on {info.name!r}: {exc}") from None
+    return ResolvedTrial(
+        spec=dataclasses.replace(spec, ipc=ipc),
+        dataset=dataset,
+        method=method,
+        weighting=weighting,
+        labels=labels,
+        protocol=protocol,
+        info=info,
+    )
+
+
+# ------------------------------------------------------------------------------------- grid files
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A parsed grid file: its settings and the expanded, validated trials."""
+
+    name: str
+    trials: tuple[ResolvedTrial, ...]
+    data_root: str | None = None
+    download: bool = False
+    resources: Mapping[str, float] = dataclasses.field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    retries: int = 0
+    path: str | None = None
+    plugins: tuple[str, ...] = ()
+
+
+def load_grid_file(path: str | Path) -> Grid:
+    """Read, validate and expand a grid YAML file.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or its content is invalid.
+        UnknownNameError, IncompatibleError: see :func:`resolve_trial`.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            f"grid file {str(path)!r} not found; pass the path of a YAML grid such as configs/quickstart.yaml"
+        )
+    if not path.is_file():
+        raise ConfigError(f"grid file {str(path)!r} is a directory; pass a YAML file")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"grid file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"grid file {str(path)!r} is not a text file") from None
+    try:
+        return parse_grid(document, default_name=path.stem, path=str(path))
+    except DistillBenchError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def parse_grid(document: Any, *, default_name: str = "grid", path: str | None = None) -> Grid:
+    """Validate and expand a grid document (the parsed YAML)."""
+    if document is None:
+        raise ConfigError("grid is empty: define a 'grid:' block with at least dataset, method and ipc")
+    if not isinstance(document, dict):
+        raise ConfigError(f"a grid file must be a mapping with a 'grid:' block, got {type(document).__name__}")
+    unknown = sorted(set(document) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown grid keys {unknown}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    name = str(document.get("name") or default_name)
+    plugins = _as_list(document.get("plugins") or [])
+    if not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"plugins must be a list of module names or .py paths, got {document.get('plugins')!r}")
+    if plugins:
+        from distillbench.harness.plugins import load_plugin_modules
+
+        base = str(Path(path).resolve().parent) if path else None
+        # Absolute paths, so Ray workers (which run in their own working directory) find the files.
+        plugins = [str((Path(base) / p).resolve()) if (p.endswith(".py") and base) else p for p in plugins]
+        load_plugin_modules(plugins, base=base)
+    if "grid" in document and "grids" in document:
+        raise ConfigError("use either 'grid:' (one block) or 'grids:' (a list of blocks), not both")
+    blocks = document.get("grids") if "grids" in document else [document.get("grid")]
+    if not isinstance(blocks, list) or not blocks or any(b is None for b in blocks):
+        raise ConfigError("grid is empty: define a 'grid:' block with at least dataset, method and ipc")
+    shared_protocol = document.get("protocol")
+    trials: dict[str, ResolvedTrial] = {}
+    for number, block in enumerate(blocks, start=1):
+        where = f"grid block {number}" if len(blocks) > 1 else "grid"
+        if not isinstance(block, dict):
+            raise ConfigError(f"{where} must be a mapping of axis to values, got {type(block).__name__}")
+        bad = sorted(set(block) - set(AXES))
+        if bad:
+            raise ConfigError(f"{where}: unknown axes {bad}; valid axes: {', '.join(AXES)}")
+        axes = {**DEFAULTS, **({"protocol": shared_protocol} if shared_protocol is not None else {}), **block}
+        for required in ("dataset", "method", "ipc", "protocol"):
+            if required not in axes:
+                raise ConfigError(f"{where}: missing axis {required!r} (protocol may also be set at the top level)")
+        values = {axis: _as_list(axes[axis]) for axis in AXES}
+        for axis, items in values.items():
+            if not items:
+                raise ConfigError(f"grid is empty: {where} has no values for {axis!r}")
+        for combo in itertools.product(*(values[a] for a in AXES)):
+            fields = dict(zip(AXES, combo, strict=True))
+            for axis in ("dataset", "method", "weighting", "labels", "protocol"):
+                if not isinstance(fields[axis], str):
+                    raise ConfigError(
+                        f"{where}: {axis} values must be names like 'dm[iterations=200]', got {fields[axis]!r}"
+                    )
+            spec = TrialSpec(grid=name, **fields)
+            try:
+                resolved = resolve_trial(spec)
+            except DistillBenchError as exc:
+                raise type(exc)(f"{where}: {exc}") from None
+            trials.setdefault(resolved.trial_id, resolved)
+    resources = document.get("resources") or {"cpu": 1, "gpu": 0}
+    if not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"}:
+        raise ConfigError(f"resources must be a mapping with keys cpu and gpu, got {resources!r}")
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"resources.{key} must be a non-negative number, got {value!r}")
+    resources = {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)}
+    if resources["cpu"] <= 0:
+        raise ConfigError("resources.cpu must be positive: every trial needs at least part of a CPU")
+    retries = _check_int(document.get("retries", 0), "retries", 0)
+    download = document.get("download", False)
+    if not isinstance(download, bool):
+        raise ConfigError(f"download must be true or false, got {download!r}")
+    data_root = document.get("data_root")
+    return Grid(
+        name=name,
+        trials=tuple(trials.values()),
+        data_root=str(data_root) if data_root is not None else None,
+        download=download,
+        resources=resources,
+        retries=retries,
+        path=path,
+        plugins=tuple(plugins),
+    )
+
+
+def trial_table(trials: Iterable[ResolvedTrial]) -> list[dict[str, Any]]:
+    """One display dict per trial (for --dry-run and logs)."""
+    return [
+        {
+            "trial_id": t.trial_id,
+            "dataset": t.dataset.display,
+            "method": t.method.display,
+            "weighting": t.weighting.display,
+            "labels": t.labels.display,
+            "ipc": t.spec.ipc,
+            "seed": t.spec.seed,
+            "protocol": t.protocol.id,
+        }
+        for t in trials
+    ]

@@ -1,0 +1,126 @@
+"""The objects that flow through a trial: dataset facts, data splits, distilled sets, method context."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+
+Modality = Literal["image", "text"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a configured dataset, known without loading it.
+
+    Attributes:
+        name: display name with parameters, e.g. ``digits`` or ``cifar10[imbalance=100]``.
+        modality: ``"image"`` or ``"text"``.
+        num_classes: number of classes C.
+        shape: shape of one sample, e.g. ``(1, 8, 8)``.
+        class_names: one name per class.
+        mean: per-channel mean used for normalisation (images).
+        std: per-channel std used for normalisation (images).
+        dsa_strategy: the DSA augmentation families suited to the data (no flips for digits).
+    """
+
+    name: str
+    modality: Modality
+    num_classes: int
+    shape: tuple[int, ...]
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+
+
+@dataclasses.dataclass
+class Split:
+    """One split of a dataset: samples ``x``, integer labels ``y`` and optional per-sample groups."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    groups: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def class_counts(self, num_classes: int) -> list[int]:
+        """Number of samples of each class."""
+        return torch.bincount(self.y, minlength=num_classes).tolist()
+
+
+@dataclasses.dataclass
+class DataBundle:
+    """A loaded dataset: train / validation / test splits plus static facts."""
+
+    info: DatasetInfo
+    train: Split
+    val: Split
+    test: Split
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def class_indices(self) -> list[torch.Tensor]:
+        """Indices of the training samples of each class."""
+        return [torch.nonzero(self.train.y == c, as_tuple=True)[0] for c in range(self.info.num_classes)]
+
+
+@dataclasses.dataclass
+class DistilledSet:
+    """The output of a method: synthetic (or selected) samples and their labels.
+
+    Attributes:
+        x: samples, shape ``[n, *info.shape]``, in the dataset's normalised space.
+        y: hard labels ``[n]`` (int64) or soft labels ``[n, C]`` (float).
+        extras: further tensors the protocol may use (e.g. learned step sizes of DD).
+        meta: JSON-able facts (method, dataset, ipc, seed, indices of selected real samples, ...).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    extras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def soft(self) -> bool:
+        """Whether labels are soft (a distribution or score vector per sample)."""
+        return self.y.dim() == 2
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def nbytes(self) -> int:
+        """Bytes of the tensors (what a user stores or ships)."""
+        tensors = [self.x, self.y, *self.extras.values()]
+        return int(sum(t.numel() * t.element_size() for t in tensors))
+
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclasses.dataclass
+class Context:
+    """What a method gets besides the data: where to run and where its randomness comes from.
+
+    Attributes:
+        device: torch device for the computation.
+        generator: the only source of randomness a method may use (seeded from the trial seed).
+        seed: the integer behind ``generator``, for code that needs to derive further generators.
+        weights: per-sample weights of the real training set (``None`` without a weighting).
+        progress: optional callback ``(fraction_done, message)``.
+        time_budget_s: optional soft wall-clock budget; methods may stop early and record it.
+    """
+
+    device: torch.device
+    generator: torch.Generator
+    seed: int
+    weights: torch.Tensor | None = None
+    progress: ProgressFn | None = None
+    time_budget_s: float | None = None
+
+    def report(self, fraction: float, message: str = "") -> None:
+        """Forward progress to the callback, if any."""
+        if self.progress is not None:
+            self.progress(fraction, message)

@@ -1,0 +1,61 @@
+"""The contract every distillation method implements.
+
+A method is one file in ``methods/`` holding one class decorated with ``@register_method(name)``
+(the name is the file stem). The class declares:
+
+Required:
+    distill(data, ipc, ctx) -> DistilledSet: produce ``ipc`` samples per class from ``data.train``
+        (or another count, if the method documents it), using only ``ctx.generator`` for randomness.
+
+Optional hooks:
+    validate(info, ipc): reject a dataset or ipc the method cannot handle, before anything runs.
+    num_samples(info, ipc): how many samples ``distill`` returns (default ``ipc * num_classes``).
+
+Class attributes:
+    Params: frozen dataclass of hyperparameters, defaults from the method's paper.
+    modalities: data modalities the method handles (``{"image"}``, or ``{"image", "text"}``).
+    accepts_weights: whether ``ctx.weights`` (sample weights of the real data) are used.
+    test_config: small ``Params`` overrides that make the method run in seconds on CPU; the
+        conformance tests run every registered method with them.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from distillbench.harness.errors import ConfigError, IncompatibleError
+from distillbench.harness.params import NoParams
+from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
+
+
+class DistillationMethod(abc.ABC):
+    """Base class of distillation methods; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    modalities: ClassVar[frozenset[str]] = frozenset({"image"})
+    accepts_weights: ClassVar[bool] = False
+    test_config: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, params: Any | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    def validate(self, info: DatasetInfo, ipc: int) -> None:
+        """Raise ``ConfigError`` / ``IncompatibleError`` if this method cannot run on ``info`` at ``ipc``."""
+        if info.modality not in self.modalities:
+            raise IncompatibleError(
+                f"method {self.name!r} handles {'/'.join(sorted(self.modalities))} data, "
+                f"but dataset {info.name!r} is {info.modality}; choose a method that lists "
+                f"{info.modality!r} in its modalities (distillbench ls methods)"
+            )
+        if ipc < 1:
+            raise ConfigError(f"ipc must be at least 1, got {ipc}")
+
+    def num_samples(self, info: DatasetInfo, ipc: int) -> int:
+        """Number of samples ``distill`` returns."""
+        return ipc * info.num_classes
+
+    @abc.abstractmethod
+    def distill(self, data: DataBundle, ipc: int, ctx: Context) -> DistilledSet:
+        """Produce the distilled set."""

@@ -1,0 +1,239 @@
+"""``dm``: Distribution Matching (Zhao & Bilen, WACV 2023; arXiv 2110.04181).
+
+DM learns synthetic images whose mean embedding, under randomly initialised networks, matches the
+mean embedding of real images of the same class (METHODS.md section 3):
+
+1. Initialise ``ipc`` synthetic images per class from random real images (``init="real"``) or
+   N(0, 1) in the normalised space (``init="noise"``); labels stay fixed and hard.
+2. Every iteration: draw a fresh random network (never trained, parameters frozen, train mode),
+   sample ``batch_real`` real images per class, apply Siamese DSA (one augmentation draw per class,
+   shared by that class's real and synthetic images), embed, and minimise
+   ``sum_c || mean phi(real_c) - mean phi(syn_c) ||^2`` with SGD(momentum) on the synthetic images.
+   The real side carries no gradient.
+
+Implementation notes:
+
+* All classes go through one augmentation call and one forward pass per side, instead of the
+  reference's loop over classes (see the comment in :meth:`DistributionMatching.distill`).
+* Each iteration's network comes from a generator derived from ``(ctx.seed, iteration)``; real
+  batches, DSA draws and noise initialisation come from ``ctx.generator``.
+* The loss is checked for NaN/inf once per progress window (about 1% of the iterations) rather than
+  every iteration, so a GPU run is not forced to synchronise with the host at every step; a
+  divergence is still reported (``DivergedError``) within 1% of the run.
+* ``meta["loss_curve"]`` holds ``[iteration, mean loss over the preceding window]`` pairs (about 100
+  of them), ``meta["final_loss"]`` the loss of the last iteration.
+* With ``ctx.weights`` (one weight per real training sample), the real mean of a class is the
+  weighted mean over its sampled batch, weights normalised within the batch.
+* A class with fewer than ``batch_real`` images is sampled with replacement, so every class
+  contributes a full batch and the joint forward pass has a fixed per-class shape; larger classes
+  are sampled without replacement, as in the reference. (The reference instead uses all images of
+  such a class, a smaller batch; its BN branch assumes full batches and would fail there.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from distillbench.harness.augment import DSA
+from distillbench.harness.errors import ConfigError, DivergedError
+from distillbench.harness.networks import resolve_network
+from distillbench.harness.plugins import register_method
+from distillbench.harness.seeding import derive_seed, torch_generator
+from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
+from distillbench.methods.base import DistillationMethod
+from distillbench.methods.random import random_per_class
+
+
+@dataclasses.dataclass(frozen=True)
+class DMParams:
+    """DM hyperparameters; defaults are the paper's (``main_DM.py``)."""
+
+    iterations: int = dataclasses.field(default=20000, metadata={"help": "updates of the synthetic set"})
+    lr_img: float = dataclasses.field(
+        default=1.0, metadata={"help": "SGD learning rate of the synthetic images (paper: 1; 10 for ipc >= 100)"}
+    )
+    momentum: float = dataclasses.field(default=0.5, metadata={"help": "SGD momentum of the synthetic images"})
+    batch_real: int = dataclasses.field(default=256, metadata={"help": "real images sampled per class per iteration"})
+    init: Literal["real", "noise"] = dataclasses.field(
+        default="real", metadata={"help": "initialise from random real images or from N(0, 1) noise"}
+    )
+    dsa: bool = dataclasses.field(default=True, metadata={"help": "Siamese DSA augmentation inside the matching"})
+    dsa_strategy: str | None = dataclasses.field(
+        default=None, metadata={"help": "DSA families joined by '_'; none = the dataset's own strategy"}
+    )
+    net: str = dataclasses.field(default="convnet", metadata={"help": "network spec of the random embedding networks"})
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be at least 1, got {self.iterations}")
+        if not self.lr_img > 0:
+            raise ValueError(f"lr_img must be positive, got {self.lr_img}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.batch_real < 1:
+            raise ValueError(f"batch_real must be at least 1, got {self.batch_real}")
+        if self.dsa_strategy is not None:
+            DSA(self.dsa_strategy)  # raises ValueError naming unknown families
+
+
+@register_method("dm")
+class DistributionMatching(DistillationMethod):
+    """Distribution Matching: match mean embeddings of real and synthetic images under random networks."""
+
+    name = "dm"
+    Params = DMParams
+    modalities: ClassVar[frozenset[str]] = frozenset({"image"})
+    accepts_weights = True
+    test_config: ClassVar[dict[str, Any]] = {"iterations": 10, "batch_real": 16, "net": "convnet[width=32]"}
+
+    def strategy(self, info: DatasetInfo) -> str:
+        """The DSA strategy used on ``info`` (``"none"`` when DSA is off)."""
+        if not self.params.dsa:
+            return "none"
+        return self.params.dsa_strategy if self.params.dsa_strategy is not None else info.dsa_strategy
+
+    def validate(self, info: DatasetInfo, ipc: int) -> None:
+        super().validate(info, ipc)
+        # Fails here, before any work, for e.g. a ConvNet too deep for 8x8 inputs.
+        resolve_network(self.params.net).validate(info)
+        try:
+            DSA(self.strategy(info))
+        except ValueError as exc:
+            raise ConfigError(f"method 'dm' on {info.name!r}: {exc}") from None
+
+    def distill(self, data: DataBundle, ipc: int, ctx: Context) -> DistilledSet:
+        p = self.params
+        info = data.info
+        num_classes = info.num_classes
+        device = torch.device(ctx.device)
+        gen = ctx.generator
+        members = [m.to(gen.device) for m in data.class_indices()]
+        for c, m in enumerate(members):
+            if len(m) == 0:
+                raise ConfigError(f"method 'dm' needs real images of every class; class {c} of {info.name!r} has none")
+        weights = _check_weights(ctx.weights, len(data.train), device)
+        x_train = data.train.x.to(device=device, dtype=torch.float32)
+
+        meta: dict[str, Any] = {"init": p.init, "dsa_strategy": self.strategy(info)}
+        if p.init == "real":
+            init_idx = random_per_class(data, ipc, gen, self.name)
+            syn = x_train[init_idx.to(device)].clone()
+            meta["init_indices"] = init_idx.tolist()
+        else:
+            syn = torch.randn((num_classes * ipc, *info.shape), generator=gen, device=gen.device).to(device)
+        syn.requires_grad_(True)
+        opt = torch.optim.SGD([syn], lr=p.lr_img, momentum=p.momentum)
+        aug = DSA(self.strategy(info))
+        factory = resolve_network(p.net)  # parse the spec once, build a fresh network every iteration
+
+        batch = p.batch_real
+        real_groups = torch.arange(num_classes, device=device).repeat_interleave(batch)
+        syn_groups = torch.arange(num_classes, device=device).repeat_interleave(ipc)
+
+        report_every = max(1, p.iterations // 100)
+        window_sum = torch.zeros((), device=device)
+        window_start = 0
+        curve: list[list[float]] = []
+        loss = torch.zeros(())
+        done = 0
+        stopped_early = False
+        start = time.monotonic()
+        ctx.report(0.0, "dm: starting")
+
+        for it in range(p.iterations):
+            net = factory.build(info, torch_generator(derive_seed(ctx.seed, "dm", "net", it))).to(device)
+            net.requires_grad_(False)
+            net.train()  # as the reference: BN (if any) normalises with batch statistics
+
+            idx = _sample_real(members, batch, gen).to(device)
+            real = x_train[idx]
+            syn_in = syn
+            if aug:
+                # One call for all classes: group c (class c) gets one family and one parameter draw,
+                # shared by its real and its synthetic images (Siamese augmentation).
+                real, syn_in = aug.siamese([real, syn], [real_groups, syn_groups], num_classes, gen)
+
+            # One forward pass for the real images of all classes and one for the synthetic ones.
+            # With instance norm (the default ConvNet: GroupNorm with one group per channel) every
+            # sample is normalised on its own, so these batched passes are mathematically identical
+            # to the reference's per-class passes (up to floating-point summation order). With batch
+            # norm they are what the reference's BN branch does: all classes in one joint batch.
+            with torch.no_grad():  # the real side is a fixed target: no graph, no gradient
+                emb_real = net.embed(real).flatten(1).view(num_classes, batch, -1)
+            emb_syn = net.embed(syn_in).flatten(1).view(num_classes, ipc, -1)
+
+            if weights is None:
+                mean_real = emb_real.mean(dim=1)
+            else:
+                w = weights[idx].view(num_classes, batch)
+                total = w.sum(dim=1, keepdim=True)
+                # A class batch whose weights are all zero falls back to the plain mean.
+                w = torch.where(total > 0, w / total.clamp_min(1e-30), torch.full_like(w, 1.0 / batch))
+                mean_real = (w.unsqueeze(-1) * emb_real).sum(dim=1)
+            mean_syn = emb_syn.mean(dim=1)
+            loss = ((mean_real - mean_syn) ** 2).sum()
+
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done = it + 1
+            window_sum += loss.detach()
+
+            out_of_time = ctx.time_budget_s is not None and time.monotonic() - start >= ctx.time_budget_s
+            if done % report_every == 0 or done == p.iterations or out_of_time:
+                mean = float(window_sum) / (done - window_start)
+                if not math.isfinite(mean):
+                    where = f"iteration {done}" if done == window_start + 1 else f"iterations {window_start + 1}-{done}"
+                    raise DivergedError(
+                        f"dm diverged: the loss became {mean} at {where} (lr_img={p.lr_img}); lower lr_img"
+                    )
+                curve.append([done, mean])
+                ctx.report(done / p.iterations, f"dm: iteration {done}/{p.iterations}, loss {mean:.4g}")
+                window_sum.zero_()
+                window_start = done
+            if out_of_time and done < p.iterations:
+                stopped_early = True
+                break
+
+        meta.update(
+            iterations=p.iterations,
+            iterations_done=done,
+            stopped_early=stopped_early,
+            final_loss=float(loss.detach()),
+            loss_curve=curve,
+        )
+        return DistilledSet(
+            x=syn.detach().cpu(),
+            y=torch.arange(num_classes).repeat_interleave(ipc),
+            meta=meta,
+        )
+
+
+def _check_weights(weights: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
+    """``weights`` as float32 on ``device``, after checking shape and values; ``None`` stays ``None``."""
+    if weights is None:
+        return None
+    w = torch.as_tensor(weights).detach().to(device=device, dtype=torch.float32).flatten()
+    if w.numel() != n:
+        raise ConfigError(f"method 'dm' needs one weight per real training sample ({n}), got {w.numel()}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ConfigError("method 'dm' needs finite, non-negative sample weights")
+    return w
+
+
+def _sample_real(members: list[torch.Tensor], batch: int, gen: torch.Generator) -> torch.Tensor:
+    """``batch`` training indices per class, class-major; with replacement only for small classes."""
+    parts = []
+    for m in members:
+        n = len(m)
+        if n >= batch:
+            pos = torch.randperm(n, generator=gen, device=gen.device)[:batch]
+        else:
+            pos = torch.randint(n, (batch,), generator=gen, device=gen.device)
+        parts.append(m[pos])
+    return torch.cat(parts)

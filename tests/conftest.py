@@ -1,0 +1,66 @@
+"""Shared fixtures: quiet, offline Ray settings, the digits dataset, a tiny protocol, throwaway plugins."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Ray reads these at import/init time; set them before any test imports the scheduler.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The real digits dataset (embedded in scikit-learn)."""
+    from distillbench.harness.plugins import DATASETS
+
+    configured = DATASETS.resolve("digits")
+    return configured.obj(configured.params).load(Path("."))
+
+
+@pytest.fixture(scope="session")
+def tiny_protocol():
+    """A registered protocol small enough for unit tests (a few epochs, 2 narrow models)."""
+    from distillbench.harness.plugins import PROTOCOLS
+    from distillbench.harness.protocols import QUICK_V1
+
+    protocol = dataclasses.replace(
+        QUICK_V1,
+        name="tiny-test",
+        network="convnet[width=16]",
+        epochs=20,
+        n_models=2,
+        description="unit-test protocol",
+    )
+    if "tiny-test" not in PROTOCOLS:
+        PROTOCOLS.add("tiny-test", protocol, origin="tests/conftest.py")
+    return protocol
+
+
+@contextlib.contextmanager
+def temp_plugin(kind: str, name: str, obj: object) -> Iterator[object]:
+    """Register ``obj`` as plugin ``name`` of ``kind`` for the duration of a ``with`` block."""
+    from distillbench.harness.plugins import registry
+
+    reg = registry(kind)
+    reg.add(name, obj, origin=f"tests ({name})")
+    try:
+        yield obj
+    finally:
+        reg.unregister(name)
+
+
+def needs_shared_data(sub: str) -> pytest.MarkDecorator:
+    """Skip (with a reason) when ../shared/data/<sub> is absent."""
+    path = SHARED_DATA / sub
+    return pytest.mark.skipif(not path.exists(), reason=f"real data not found at {path} (../shared/data)")
