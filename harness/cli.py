@@ -298,16 +298,17 @@ def cmd_distill(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"\r\033[K{100 * fraction:5.1f}% {message}", end="", file=sys.stderr, flush=True)
 
-    row = run_trial(
+    rows = run_trial(
         spec, data_root=_data_root(args.data_root), set_path=out, progress=progress if sys.stderr.isatty() else None
     )
-    if args.json:
-        print(store.row_to_json(row))
-    else:
-        print(_summary(row))
-        if out is not None and row["status"] == "ok":
-            print(f"set: {out if out.suffix == '.safetensors' else out.with_suffix('.safetensors')}")
-    return 0 if row["status"] == "ok" else 1
+    if sys.stderr.isatty() and not args.json:
+        print("\r\033[K", end="", file=sys.stderr)
+    for row in rows:  # one row per evaluation network of the protocol
+        print(store.row_to_json(row) if args.json else _summary(row))
+    ok = all(r["status"] == "ok" for r in rows)
+    if out is not None and ok and not args.json:
+        print(f"set: {out if out.suffix == '.safetensors' else out.with_suffix('.safetensors')}")
+    return 0 if ok else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -324,27 +325,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     resolved = spec.resolve()
     data = load_data(resolved, _data_root(args.data_root))
     seed = args.seed if args.seed is not None else spec.seed
-    start = time.perf_counter()
-    metrics = evaluate_set(protocol, dset, data, seed=seed, device=pick_device())
-    result = {
-        "set_file": str(args.set_file),
-        "dataset": resolved.dataset.display,
-        "method": resolved.method.display,
-        "ipc": spec.ipc,
-        "protocol": protocol.name,
-        "protocol_version": protocol.version,
-        "seed": seed,
-        **metrics,
-    }
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    else:
-        print(
-            f"{result['method']} on {result['dataset']}, ipc {spec.ipc}, {protocol.id}: accuracy "
-            f"{100 * metrics['acc_mean']:.2f} ± {100 * metrics['acc_std']:.2f} % "
-            f"over {metrics['n_eval_models']} models "
-            f"({time.perf_counter() - start:.1f} s)"
-        )
+    for network in protocol.networks:  # one result per evaluation network of the protocol
+        start = time.perf_counter()
+        metrics = evaluate_set(protocol, dset, data, seed=seed, device=pick_device(), network=network)
+        result = {
+            "set_file": str(args.set_file),
+            "dataset": resolved.dataset.display,
+            "method": resolved.method.display,
+            "ipc": spec.ipc,
+            "protocol": protocol.name,
+            "protocol_version": protocol.version,
+            "seed": seed,
+            **metrics,
+        }
+        if args.json:
+            print(json.dumps(result, sort_keys=True))
+        else:
+            print(
+                f"{result['method']} on {result['dataset']}, ipc {spec.ipc}, {protocol.id}, {network}: accuracy "
+                f"{100 * metrics['acc_mean']:.2f} ± {100 * metrics['acc_std']:.2f} % "
+                f"over {metrics['n_eval_models']} models ({time.perf_counter() - start:.1f} s)"
+            )
     return 0
 
 

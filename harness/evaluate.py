@@ -130,8 +130,9 @@ def train_on_set(
     *,
     generator: torch.Generator,
     device: torch.device | str,
+    network: str | None = None,
 ) -> nn.Module:
-    """Train one freshly initialised network of ``protocol.network`` on ``dset``.
+    """Train one freshly initialised network (``network``, default ``protocol.network``) on ``dset``.
 
     Args:
         protocol: the recipe (network, optimiser, schedule, augmentation).
@@ -141,6 +142,7 @@ def train_on_set(
         generator: a CPU generator, the model's only randomness: initial weights, batch order and
             augmentation parameters are drawn from it in that order.
         device: where the model and the set live while training.
+        network: network spec to train; defaults to the protocol's primary network.
 
     Returns:
         The trained model, on ``device``, in eval mode.
@@ -153,9 +155,10 @@ def train_on_set(
         # Networks are built on the CPU and initialised from the generator before moving to the device.
         raise ValueError(f"train_on_set needs a CPU torch.Generator, got one on {generator.device}")
     device = torch.device(device)
-    model = build_network(protocol.network, info, generator).to(device)
-    x = dset.x.to(device=device, dtype=torch.float32)
-    y = dset.y.to(device=device, dtype=torch.float32 if dset.soft else torch.long)
+    model = build_network(network or protocol.network, info, generator).to(device)
+    # Detached: a set fresh from a method may still require grad, and evaluation must not write into it.
+    x = dset.x.detach().to(device=device, dtype=torch.float32)
+    y = dset.y.detach().to(device=device, dtype=torch.float32 if dset.soft else torch.long)
     augment = DSA(info.dsa_strategy) if protocol.augment == "dsa" else DSA("none")
 
     optimizer = torch.optim.SGD(
@@ -231,6 +234,7 @@ def evaluate(
     seed: int,
     device: torch.device | str = "cpu",
     progress: Callable[[float, str], None] | None = None,
+    network: str | None = None,
 ) -> EvalResult:
     """Score ``dset`` under ``protocol``: train ``protocol.n_models`` fresh networks on it, test each.
 
@@ -241,6 +245,7 @@ def evaluate(
         seed: the trial seed; model ``k`` uses ``derive_seed(seed, "eval", protocol.name, protocol.version, k)``.
         device: where to train and test.
         progress: optional callback ``(fraction_done, message)``, called after each model.
+        network: which of ``protocol.networks`` to train (default: the primary one).
 
     Returns:
         Per-model test and validation accuracies, per-class test accuracy and the wall time.
@@ -256,6 +261,9 @@ def evaluate(
         >>> print(f"{result.acc_mean:.3f} +- {result.acc_std:.3f}")  # doctest: +SKIP
     """
     start_time = time.perf_counter()
+    network = network or protocol.network
+    if network not in protocol.networks:
+        raise ValueError(f"network {network!r} is not one of protocol {protocol.id}'s networks {protocol.networks}")
     info = data.info
     _check_inputs(protocol, dset, info)
     device = torch.device(device)
@@ -268,7 +276,7 @@ def evaluate(
     per_class_sums = [0.0] * info.num_classes
     for k in range(protocol.n_models):
         generator = torch_generator(derive_seed(seed, "eval", protocol.name, protocol.version, k), "cpu")
-        model = train_on_set(protocol, dset, info, generator=generator, device=device)
+        model = train_on_set(protocol, dset, info, generator=generator, device=device, network=network)
         acc, per_class = accuracy(model, test, info.num_classes, device=device)
         val_acc, _ = accuracy(model, val, info.num_classes, device=device)
         acc_per_model.append(acc)
@@ -278,7 +286,7 @@ def evaluate(
             progress((k + 1) / protocol.n_models, f"eval model {k + 1}/{protocol.n_models}: test acc {acc:.4f}")
 
     return EvalResult(
-        network=protocol.network,
+        network=network,
         acc_per_model=acc_per_model,
         acc_per_class=[s / protocol.n_models for s in per_class_sums],
         val_acc_per_model=val_acc_per_model,

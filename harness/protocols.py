@@ -18,7 +18,8 @@ class EvalProtocol:
     Attributes:
         name: registry name, e.g. ``convnet-v1``.
         version: bumped whenever any field changes.
-        network: network spec trained on the set (e.g. ``convnet``).
+        networks: network specs trained on the set; the first is the primary one. A protocol with
+            several networks (a cross-architecture protocol) gives one row per network.
         epochs: passes over the distilled set.
         lr: SGD learning rate; multiplied by ``lr_decay_factor`` once ``lr_decay_at`` of the epochs are done.
         momentum: SGD momentum.
@@ -34,7 +35,7 @@ class EvalProtocol:
 
     name: str
     version: int
-    network: str = "convnet"
+    networks: tuple[str, ...] = ("convnet",)
     epochs: int = 1000
     lr: float = 0.01
     momentum: float = 0.9
@@ -46,6 +47,11 @@ class EvalProtocol:
     n_models: int = 20
     quick: bool = False
     description: str = ""
+
+    @property
+    def network(self) -> str:
+        """The primary evaluation network."""
+        return self.networks[0]
 
     @property
     def id(self) -> str:

@@ -166,8 +166,8 @@ def run_trial(
     reuse_sets: bool = True,
     set_path: Path | None = None,
     progress: Callable[[float, str], None] | None = None,
-) -> dict[str, Any]:
-    """Distil and evaluate one trial; return its result row (never raises for a failing trial).
+) -> list[dict[str, Any]]:
+    """Distil and evaluate one trial; return its result rows (never raises for a failing trial).
 
     Args:
         spec: the trial (a ``TrialSpec`` or its dict form).
@@ -181,7 +181,9 @@ def run_trial(
         progress: optional callback ``(fraction, message)``.
 
     Returns:
-        A dict with every column of :data:`distillbench.harness.store.SCHEMA`.
+        One row per evaluation network of the protocol (one row for most protocols; a failure
+        before evaluation gives a single row), each a dict with every column of
+        :data:`distillbench.harness.store.SCHEMA`.
     """
     start = dt.datetime.now(dt.UTC)
     spec = spec if isinstance(spec, TrialSpec) else TrialSpec.from_dict(spec)
@@ -229,15 +231,24 @@ def run_trial(
             soft_labels=dset.soft,
             set_path=str(existing.relative_to(results)) if (existing is not None and results is not None) else None,
         )
-        row.update(evaluate_set(resolved.protocol, dset, data, seed=spec.seed, device=device, progress=progress))
-        row["status"] = "ok"
+        rows = []
+        for network in resolved.protocol.networks:
+            rows.append(
+                {
+                    **row,
+                    **evaluate_set(
+                        resolved.protocol, dset, data, seed=spec.seed, device=device, progress=progress, network=network
+                    ),
+                    "status": "ok",
+                }
+            )
     except DivergedError as exc:
-        row.update(status="diverged", error=_error_text(exc))
+        rows = [{**row, "status": "diverged", "error": _error_text(exc)}]
     except Exception as exc:  # one failing trial must not stop the grid; the row carries the error
-        row.update(status="error", error=_error_text(exc))
-    row["peak_memory_bytes"] = _peak_memory(device)
-    row["end_time"] = dt.datetime.now(dt.UTC)
-    return store.make_row(row)
+        rows = [{**row, "status": "error", "error": _error_text(exc)}]
+    end = dt.datetime.now(dt.UTC)
+    peak = _peak_memory(device)
+    return [store.make_row({**r, "peak_memory_bytes": peak, "end_time": end}) for r in rows]
 
 
 def _save_at(path: Path, dset: DistilledSet, meta: dict[str, Any]) -> None:
@@ -275,11 +286,12 @@ def evaluate_set(
     seed: int,
     device: torch.device,
     progress: Callable[[float, str], None] | None = None,
+    network: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``dset`` under ``protocol``; the metric and cost columns of a row."""
+    """Evaluate ``dset`` under ``protocol`` (on ``network``, default its primary one); metric and cost columns."""
     from distillbench.harness.evaluate import evaluate
 
-    result = evaluate(protocol, dset, data, seed=seed, device=device, progress=progress)
+    result = evaluate(protocol, dset, data, seed=seed, device=device, progress=progress, network=network)
     return {
         "acc_mean": result.acc_mean,
         "acc_std": result.acc_std,

@@ -65,13 +65,14 @@ def _trainable(config: dict[str, Any]) -> None:
     load_plugin_modules(config.get("plugins", []))
     cpus = max(1, int(config.get("cpus", 1)))
     torch.set_num_threads(cpus)
-    row = run_trial(
+    rows = run_trial(
         config["trial"],
         results=Path(config["results"]),
         data_root=Path(config["data_root"]),
         download=bool(config.get("download", False)),
     )
-    tune.report({"row_json": store.row_to_json(row), "status": row["status"]})
+    status = "ok" if all(r["status"] == "ok" for r in rows) else next(r["status"] for r in rows if r["status"] != "ok")
+    tune.report({"rows_json": store.rows_to_json(rows), "status": status})
 
 
 class _RowWriter(tune.Callback):
@@ -82,12 +83,15 @@ class _RowWriter(tune.Callback):
         self.progress = progress
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        text = result.get("row_json")
+        text = result.get("rows_json")
         if text is None:
             return
-        row = store.row_from_json(text)
-        store.write_row(self.results, row)
-        self.progress.finished(trial.trial_id, row["status"], row.get("error"))
+        rows = store.rows_from_json(text)
+        store.write_rows(self.results, rows)
+        failed = [r for r in rows if r["status"] != "ok"]
+        self.progress.finished(
+            trial.trial_id, failed[0]["status"] if failed else "ok", failed[0]["error"] if failed else None
+        )
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.progress.started(trial.trial_id)

@@ -174,15 +174,31 @@ def row_from_json(text: str) -> dict[str, Any]:
     return make_row(json.loads(text))
 
 
-def write_row(results: Path, values: Mapping[str, Any]) -> Path:
-    """Write one trial's row to ``<results>/rows/<trial_id>.parquet`` atomically; return the path."""
-    row = make_row(values)
-    if not row["trial_id"]:
-        raise ValueError("a row needs a trial_id")
-    table = pa.Table.from_pylist([row], schema=SCHEMA)
-    path = rows_dir(results) / f"{row['trial_id']}.parquet"
+def rows_to_json(rows: list[Mapping[str, Any]]) -> str:
+    """A trial's rows as one JSON array (see :func:`row_to_json`)."""
+    return "[" + ",".join(row_to_json(r) for r in rows) + "]"
+
+
+def rows_from_json(text: str) -> list[dict[str, Any]]:
+    """Inverse of :func:`rows_to_json`."""
+    return [make_row(r) for r in json.loads(text)]
+
+
+def write_rows(results: Path, rows: list[Mapping[str, Any]]) -> Path:
+    """Write one trial's rows (one per evaluation network) to ``<results>/rows/<trial_id>.parquet`` atomically."""
+    complete = [make_row(r) for r in rows]
+    ids = {r["trial_id"] for r in complete}
+    if len(ids) != 1 or not next(iter(ids)):
+        raise ValueError(f"the rows of one file must share one non-empty trial_id, got {sorted(map(str, ids))}")
+    table = pa.Table.from_pylist(complete, schema=SCHEMA)
+    path = rows_dir(results) / f"{complete[0]['trial_id']}.parquet"
     _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return path
+
+
+def write_row(results: Path, values: Mapping[str, Any]) -> Path:
+    """Write a trial with a single row; see :func:`write_rows`."""
+    return write_rows(results, [values])
 
 
 def existing_trial_ids(results: Path, *, status: Iterable[str] | None = None) -> set[str]:
@@ -195,7 +211,9 @@ def existing_trial_ids(results: Path, *, status: Iterable[str] | None = None) ->
         return ids
     wanted = set(status)
     frame = read_rows([results], columns=["trial_id", "status"])
-    return {t for t, s in zip(frame["trial_id"], frame["status"], strict=True) if s in wanted}
+    # A trial counts when every one of its rows (one per evaluation network) has a wanted status.
+    done = frame.groupby("trial_id")["status"].agg(lambda s: set(s) <= wanted)
+    return {str(t) for t, ok in done.items() if ok}
 
 
 def read_rows(results: Iterable[Path], *, columns: list[str] | None = None, on_bad: Any = None):  # noqa: ANN201

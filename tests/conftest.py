@@ -19,6 +19,19 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _isolate_registries():
+    """Plugins a test registers (directly or by importing a plugin file) do not leak into other tests."""
+    from distillbench.harness.plugins import REGISTRIES
+
+    before = {kind: set(reg._objects) for kind, reg in REGISTRIES.items()}
+    yield
+    for kind, reg in REGISTRIES.items():
+        for name in set(reg._objects) - before[kind]:
+            if not reg._lazy.get(name):
+                reg.unregister(name)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The real digits dataset (embedded in scikit-learn)."""
@@ -37,7 +50,7 @@ def tiny_protocol():
     protocol = dataclasses.replace(
         QUICK_V1,
         name="tiny-test",
-        network="convnet[width=16]",
+        networks=("convnet[width=16]",),
         epochs=20,
         n_models=2,
         description="unit-test protocol",

@@ -1,7 +1,7 @@
 """Tests of the evaluation engine on the real ``digits`` dataset with short quick-v1 variants.
 
 Cost control (2 CPU cores): the accuracy checks share one IPC-10 evaluation (60 epochs = 60 SGD steps
-per model, K=2), the full training set is trained once (one model, 30 epochs = 150 steps), and the
+per model, K=2), the full training set is trained once (one model, 20 epochs = 100 steps), and the
 determinism, seed checks use a 15-epoch protocol (models well above chance, so different seeds visibly
 give different models), and the progress check a 1-epoch one.
 """
@@ -28,9 +28,9 @@ CHANCE = 0.1  # digits has 10 balanced classes
 # with samples, no optimiser step, augmentation destroying the images) stays near 0.1-0.3 and fails it.
 FAR_ABOVE_CHANCE = 0.5
 ACC_PROTOCOL = dataclasses.replace(QUICK_V1, epochs=60, n_models=2)
-# The full set (1,257 images, 5 batches per epoch) gets 30 epochs = 150 steps, one model, to stay cheap.
-FULL_PROTOCOL = dataclasses.replace(QUICK_V1, epochs=30, n_models=1)
-FULL_MARGIN = 0.03  # observed: 0.975 vs 0.900
+# The full set (1,257 images, 5 batches per epoch) gets 20 epochs = 100 steps, one model, to stay cheap.
+FULL_PROTOCOL = dataclasses.replace(QUICK_V1, epochs=20, n_models=1)
+FULL_MARGIN = 0.03  # observed: 0.958 vs 0.900
 SHORT_PROTOCOL = dataclasses.replace(QUICK_V1, epochs=15, n_models=2)
 TINY_PROTOCOL = dataclasses.replace(QUICK_V1, epochs=1, n_models=2)
 
@@ -82,7 +82,7 @@ class TestAccuracyLevels:
             )
 
     def test_full_train_set_beats_ipc10(self, digits: DataBundle, ipc10_result: EvalResult) -> None:
-        """Training on all 1,257 training images (150 SGD steps) beats IPC-10 (60 steps) clearly."""
+        """Training on all 1,257 training images (100 SGD steps) beats IPC-10 (60 steps) clearly."""
         full = evaluate(FULL_PROTOCOL, DistilledSet(digits.train.x, digits.train.y), digits, seed=0)
         assert full.acc_mean > ipc10_result.acc_mean + FULL_MARGIN, (
             f"full train set {full.acc_mean:.3f} is not above IPC-10 {ipc10_result.acc_mean:.3f} + {FULL_MARGIN}"
@@ -241,6 +241,17 @@ class TestInputValidation:
         protocol = dataclasses.replace(TINY_PROTOCOL, augment="mixup")
         with pytest.raises(ValueError, match="'mixup'.*dsa, none"):
             evaluate(protocol, ipc10, digits, seed=0)
+
+
+class TestSideEffects:
+    def test_set_left_untouched(self, digits: DataBundle, ipc10: DistilledSet) -> None:
+        """A set that still requires grad gets no ``.grad`` and keeps its values (evaluation detaches it)."""
+        x = ipc10.x.clone().requires_grad_(True)
+        y = nn.functional.one_hot(ipc10.y, 10).float().requires_grad_(True)
+        before_x, before_y = x.detach().clone(), y.detach().clone()
+        evaluate(TINY_PROTOCOL, DistilledSet(x, y), digits, seed=0)
+        assert x.grad is None and y.grad is None, "evaluation back-propagated into the distilled set"
+        assert torch.equal(x.detach(), before_x) and torch.equal(y.detach(), before_y), "the set was modified"
 
 
 class TestEvalResultStats:

@@ -34,7 +34,7 @@ class TestRunTrial:
     def test_ok_row_has_every_column(self, tiny_protocol, tmp_path):
         """A successful trial returns a complete row with metrics, cost and provenance, and saves its set."""
         spec = TrialSpec("digits", "random", ipc=2, seed=0, protocol="tiny-test", grid="t")
-        row = run_trial(spec, results=tmp_path)
+        (row,) = run_trial(spec, results=tmp_path)
         assert row["status"] == "ok", row["error"]
         assert set(row) == set(store.COLUMN_NAMES)
         assert 0.0 <= row["acc_mean"] <= 1.0 and len(row["acc_per_model"]) == tiny_protocol.n_models
@@ -49,21 +49,21 @@ class TestRunTrial:
         """The same spec gives the same accuracies (seeds are derived, never global)."""
         spec = TrialSpec("digits", "random", ipc=1, seed=3, protocol="tiny-test")
         torch.manual_seed(123)  # global state must not matter
-        first = run_trial(spec)["acc_per_model"]
+        first = run_trial(spec)[0]["acc_per_model"]
         torch.manual_seed(999)
-        assert run_trial(spec)["acc_per_model"] == first
+        assert run_trial(spec)[0]["acc_per_model"] == first
 
     def test_set_reused_across_protocols(self, tiny_protocol, tmp_path):
         """A set already in the store is evaluated again without distilling it again."""
-        first = run_trial(TrialSpec("digits", "random", 1, protocol="tiny-test"), results=tmp_path)
-        again = run_trial(TrialSpec("digits", "random", 1, protocol="tiny-test"), results=tmp_path)
+        (first,) = run_trial(TrialSpec("digits", "random", 1, protocol="tiny-test"), results=tmp_path)
+        (again,) = run_trial(TrialSpec("digits", "random", 1, protocol="tiny-test"), results=tmp_path)
         assert not first["set_reused"] and again["set_reused"] and again["distill_seconds"] == 0.0
         assert again["acc_per_model"] == first["acc_per_model"]
 
     def test_plugin_error_becomes_error_row(self, tiny_protocol):
         """An exception inside a method ends the trial with status error and the message, not a crash."""
         with temp_plugin("methods", "exploding", Exploding):
-            row = run_trial(TrialSpec("digits", "exploding", 1, protocol="tiny-test"))
+            (row,) = run_trial(TrialSpec("digits", "exploding", 1, protocol="tiny-test"))
         assert row["status"] == "error"
         assert row["error"].startswith("RuntimeError: boom from plugin")
         assert row["acc_mean"] is None and row["trial_id"]
@@ -71,17 +71,35 @@ class TestRunTrial:
     def test_divergence_becomes_diverged_row(self, tiny_protocol):
         """A DivergedError ends the trial with status diverged."""
         with temp_plugin("methods", "diverging", Diverging):
-            row = run_trial(TrialSpec("digits", "diverging", 1, protocol="tiny-test"))
+            (row,) = run_trial(TrialSpec("digits", "diverging", 1, protocol="tiny-test"))
         assert row["status"] == "diverged" and "loss is nan" in row["error"]
 
     def test_invalid_spec_becomes_error_row(self):
         """run_trial never raises: even an unknown method is reported in the row."""
-        row = run_trial(TrialSpec("digits", "nosuch", 1, protocol="quick-v1"))
+        (row,) = run_trial(TrialSpec("digits", "nosuch", 1, protocol="quick-v1"))
         assert row["status"] == "error" and "unknown method 'nosuch'" in row["error"]
 
     @pytest.mark.parametrize("method", ["herding[train_epochs=1]", "dm[iterations=5,batch_real=16]"])
     def test_builtin_methods_end_to_end(self, tiny_protocol, method):
         """Herding and DM run through the runner and are scored above chance on digits."""
-        row = run_trial(TrialSpec("digits", method, ipc=1, protocol="tiny-test"))
+        (row,) = run_trial(TrialSpec("digits", method, ipc=1, protocol="tiny-test"))
         assert row["status"] == "ok", row["error"]
         assert row["acc_mean"] > 0.2, f"{method}: accuracy {row['acc_mean']:.3f} is near chance (0.1)"
+
+
+class TestCrossArchitecture:
+    def test_one_row_per_network(self, tiny_protocol, tmp_path):
+        """A protocol with several networks gives one row per network, all in the trial's one file."""
+        import dataclasses
+
+        from distillbench.harness.plugins import PROTOCOLS
+
+        cross = dataclasses.replace(tiny_protocol, name="tiny-cross", networks=("convnet[width=16]", "mlp[hidden=32]"))
+        with temp_plugin("protocols", "tiny-cross", cross):
+            rows = run_trial(TrialSpec("digits", "random", 1, protocol="tiny-cross"), results=tmp_path)
+            assert [r["eval_network"] for r in rows] == ["convnet[width=16]", "mlp[hidden=32]"]
+            assert len({r["trial_id"] for r in rows}) == 1 and all(r["status"] == "ok" for r in rows)
+            store.write_rows(tmp_path, rows)
+            assert len(store.read_rows([tmp_path])) == 2
+            assert store.existing_trial_ids(tmp_path, status=("ok",)) == {rows[0]["trial_id"]}
+        assert "tiny-cross" not in PROTOCOLS

@@ -26,7 +26,7 @@ PLUGIN = textwrap.dedent(
     from distillbench.methods.base import DistillationMethod
 
     register_protocol(
-        dataclasses.replace(QUICK_V1, name="sched-test", network="convnet[width=8]", epochs=5, n_models=2)
+        dataclasses.replace(QUICK_V1, name="sched-test", networks=("convnet[width=8]",), epochs=5, n_models=2)
     )
 
 

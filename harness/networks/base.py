@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -44,6 +45,17 @@ class Network(abc.ABC):
         """A freshly initialised module for ``info`` (parameters drawn from ``generator``)."""
 
 
+def construct(factory: Callable[[], nn.Module], generator: torch.Generator) -> nn.Module:
+    """Build ``factory()`` without touching torch's global RNG, then draw its parameters from ``generator``.
+
+    The module is constructed on the ``meta`` device (so PyTorch's constructors draw nothing from
+    the global random stream), materialised on the CPU, and initialised by :func:`init_parameters`.
+    """
+    with torch.device("meta"):
+        module = factory()
+    return init_parameters(module.to_empty(device="cpu"), generator)
+
+
 @torch.no_grad()
 def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
     """Re-draw every parameter of ``module`` from ``generator`` with PyTorch's default schemes.
@@ -61,9 +73,16 @@ def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
             weight.uniform_(-bound, bound, generator=generator)
             if sub.bias is not None:
                 sub.bias.uniform_(-bound, bound, generator=generator)
-        elif isinstance(sub, nn.GroupNorm | nn.BatchNorm2d | nn.LayerNorm | nn.InstanceNorm2d):
+        elif isinstance(sub, nn.GroupNorm | nn.LayerNorm | nn.modules.batchnorm._NormBase):
             if getattr(sub, "weight", None) is not None:
                 sub.weight.fill_(1.0)
             if getattr(sub, "bias", None) is not None:
                 sub.bias.zero_()
+            if isinstance(sub, nn.modules.batchnorm._NormBase) and sub.track_running_stats:
+                sub.reset_running_stats()
+        elif any(True for _ in sub.parameters(recurse=False)):
+            raise TypeError(
+                f"init_parameters does not know how to initialise {type(sub).__name__}; "
+                "extend it or initialise the layer explicitly from the generator"
+            )
     return module

@@ -8,8 +8,10 @@ padding 3 in its first convolution so the feature maps are those of a 32x32 inpu
 ``depth`` defaults to ``auto``: 3 for 28 to 32 pixels (ConvNet-3, the paper setting, which ends
 in 4x4 feature maps), one more block per doubling above 32 (4 for 64, 5 for 128, 6 for 256, the
 convention of later papers), and, below 28 pixels, as many blocks as leave 2x2 feature maps
-(2 for the 8x8 digits). Smaller inputs stop at 2x2 because the last normalisation layer works over
-the pixels of one channel: at 1x1 it would see a single value per channel and erase the input.
+(2 for the 8x8 digits). Three blocks on 8x8 inputs would normalise 2x2 maps (4 values per channel)
+in the last block and end in a 1x1, 128-number embedding; measured on digits, random real images at
+IPC 10 then reach about 82% under a short protocol against about 90% with two blocks, and DM's
+matching signal is much weaker.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from distillbench.harness.errors import ConfigError
-from distillbench.harness.networks.base import Network, init_parameters
+from distillbench.harness.networks.base import Network, construct
 from distillbench.harness.plugins import register_network
 from distillbench.harness.types import DatasetInfo
 
@@ -128,13 +130,16 @@ class ConvNet(Network):
         size = _effective_size(info.shape[-1])
         depth = self.depth_for(info)
         if self.params.pooling != "none" and size < 2**depth:
-            fits = max(1, int(math.log2(size)))
+            fits = int(math.log2(size)) if size >= 1 else 0
+            advice = f"use depth <= {fits} (or depth=none for auto)" if fits >= 1 else "use pooling=none"
             raise ConfigError(
                 f"convnet depth {depth} is too deep for {info.shape[-1]}x{info.shape[-1]} inputs of "
-                f"{info.name!r}: each block halves the size; use depth <= {fits} (or depth=none for auto)"
+                f"{info.name!r}: each block halves the size; {advice}"
             )
 
     def build(self, info: DatasetInfo, generator: torch.Generator) -> nn.Module:
         self.validate(info)
-        module = ConvNetModule(info.shape[0], info.shape[-1], info.num_classes, self.params, self.depth_for(info))
-        return init_parameters(module, generator)
+        depth = self.depth_for(info)
+        return construct(
+            lambda: ConvNetModule(info.shape[0], info.shape[-1], info.num_classes, self.params, depth), generator
+        )

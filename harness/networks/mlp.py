@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from distillbench.harness.networks.base import Network, init_parameters
+from distillbench.harness.networks.base import Network, construct
 from distillbench.harness.plugins import register_network
 from distillbench.harness.types import DatasetInfo
 
@@ -54,5 +54,4 @@ class MLP(Network):
 
     def build(self, info: DatasetInfo, generator: torch.Generator) -> nn.Module:
         self.validate(info)
-        module = MLPModule(math.prod(info.shape), self.params.hidden, info.num_classes)
-        return init_parameters(module, generator)
+        return construct(lambda: MLPModule(math.prod(info.shape), self.params.hidden, info.num_classes), generator)
