@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import os
 import signal
 import sys
@@ -128,6 +129,8 @@ class _RowWriter(tune.Callback):
             self.progress.finished(trial.trial_id, "error", message)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # Tune does not announce every start when it reuses actors; its trial list is the truth.
+        self.progress.running = {t.trial_id for t in trials if t.status == "RUNNING"} - self.progress.finished_ids
         self.progress.tick()
 
 
@@ -152,6 +155,7 @@ class _Progress:
         self.enabled = enabled
         self.tty = enabled and getattr(stream, "isatty", lambda: False)()
         self.running: set[str] = set()
+        self.finished_ids: set[str] = set()
         self.ok = self.failed = 0
         self.start = time.monotonic()
         self._last_draw = 0.0
@@ -163,6 +167,7 @@ class _Progress:
 
     def finished(self, trial_id: str, status: str, error: str | None) -> None:
         self.running.discard(trial_id)
+        self.finished_ids.add(trial_id)
         if status == "ok":
             self.ok += 1
         else:
@@ -241,6 +246,11 @@ def run_grid(
     """
     stream = stream or sys.stderr
     results = Path(results).resolve()
+    # Rows are our record, so Tune's per-trial JSON/CSV loggers are off; its end-of-run summary then
+    # warns once per trial that it found no result.json. The local token-auth notice is Ray's default
+    # and needs no action. Neither is useful to a user reading the status line.
+    for name in ("ray.tune.analysis.experiment_analysis", "ray._private.authentication.authentication_token_setup"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     # Rows with status ok or diverged are results; an error row means "no result yet" and is retried.
     done = store.existing_trial_ids(results, status=("ok", "diverged"))
     pending = [t for t in trials if t.trial_id not in done]
