@@ -118,13 +118,17 @@ class Registry(Generic[T]):
                 raise DuplicateNameError(
                     f"{self.kind} {name!r} is registered twice: by {lazy[1]} and by {origin}; rename one of them"
                 )
-            if self._check is not None:
-                try:
-                    self._check(obj)
-                except TypeError as exc:
-                    raise DistillBenchError(f"cannot register {self.kind} {name!r} ({origin}): {exc}") from None
-            self._objects[name] = obj
-            self._origins[name] = origin
+            self._store(name, obj, origin)
+
+    def _store(self, name: str, obj: T, origin: str) -> None:
+        """Validate ``obj`` with the registry's check and record it (caller holds the lock)."""
+        if self._check is not None:
+            try:
+                self._check(obj)
+            except TypeError as exc:
+                raise DistillBenchError(f"cannot register {self.kind} {name!r} ({origin}): {exc}") from None
+        self._objects[name] = obj
+        self._origins[name] = origin
 
     @staticmethod
     def _same_target(target: str, obj: Any) -> bool:
@@ -190,13 +194,7 @@ class Registry(Generic[T]):
         with self._lock:
             if name not in self._objects:
                 # Loaded from its declared target, so it is by definition the declared plugin.
-                if self._check is not None:
-                    try:
-                        self._check(obj)
-                    except TypeError as exc:
-                        raise DistillBenchError(f"cannot register {self.kind} {name!r} ({origin}): {exc}") from None
-                self._objects[name] = obj
-                self._origins[name] = origin
+                self._store(name, obj, origin)
         return self._objects[name]
 
     # ------------------------------------------------------------------------------------ lookup
