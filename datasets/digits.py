@@ -15,10 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distillbench.datasets._longtail import long_tail_counts, long_tail_subsample
 from distillbench.datasets.base import Dataset
 from distillbench.harness.errors import ConfigError
+from distillbench.harness.params import format_spec
 from distillbench.harness.plugins import register_dataset
 from distillbench.harness.types import DataBundle, DatasetInfo, Split
+
+__all__ = ["Digits", "DigitsParams", "long_tail_counts"]  # long_tail_counts: re-exported for old imports
 
 SPLIT_SEED = 0
 N_TEST = 360
@@ -38,14 +42,6 @@ class DigitsParams:
             raise ValueError(f"imbalance must be >= 1 (n_max / n_min), got {self.imbalance}")
 
 
-def long_tail_counts(counts: list[int], imbalance: float) -> list[int]:
-    """Per-class targets n_c = n_max * r^(c/(C-1)), r = 1/imbalance, capped by what each class has."""
-    n_max = min(counts) if imbalance > 1 else max(counts)
-    num = len(counts)
-    targets = [int(n_max * (1.0 / imbalance) ** (c / max(num - 1, 1))) for c in range(num)]
-    return [max(1, min(t, have)) for t, have in zip(targets, counts, strict=True)]
-
-
 @lru_cache(maxsize=4)
 def _load_cached(imbalance: float) -> DataBundle:
     from sklearn.datasets import load_digits
@@ -58,14 +54,9 @@ def _load_cached(imbalance: float) -> DataBundle:
     rest, test = train_test_split(idx, test_size=N_TEST, stratify=y, random_state=SPLIT_SEED)
     train, val = train_test_split(rest, test_size=N_VAL, stratify=y[rest], random_state=SPLIT_SEED)
     train = np.sort(train)
-    if imbalance > 1.0:
-        rng = np.random.default_rng(SPLIT_SEED)
-        counts = np.bincount(y[train], minlength=10).tolist()
-        keep = []
-        for c, target in enumerate(long_tail_counts(counts, imbalance)):
-            members = train[y[train] == c]
-            keep.append(np.sort(rng.choice(members, size=target, replace=False)))
-        train = np.sort(np.concatenate(keep))
+    # The exponential profile and its seeded draw are shared with every classification dataset.
+    tail = long_tail_subsample(y[train], 10, imbalance, SPLIT_SEED)
+    train = train[tail.indices]
     mean = float(x[train].mean())
     std = float(x[train].std())
 
@@ -74,13 +65,18 @@ def _load_cached(imbalance: float) -> DataBundle:
         return Split(xs, torch.from_numpy(y[ids]).contiguous())
 
     info = _info(imbalance, (mean,), (std,))
-    return DataBundle(info, split(train), split(val), split(test), meta={"split_seed": SPLIT_SEED})
+    meta = {
+        "split_seed": SPLIT_SEED,
+        "imbalance": imbalance,
+        "long_tail_n_max": tail.n_max if imbalance != 1.0 else None,
+        "train_class_counts": tail.counts,
+    }
+    return DataBundle(info, split(train), split(val), split(test), meta=meta)
 
 
 def _info(imbalance: float, mean: tuple[float, ...] = (), std: tuple[float, ...] = ()) -> DatasetInfo:
-    name = "digits" if imbalance == 1.0 else f"digits[imbalance={imbalance!r}]"
     return DatasetInfo(
-        name=name,
+        name=format_spec("digits", DigitsParams(imbalance=imbalance)),
         modality="image",
         num_classes=10,
         shape=(1, 8, 8),

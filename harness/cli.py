@@ -121,7 +121,7 @@ examples:
 
     board = command(
         "leaderboard",
-        "Build the leaderboard (Markdown and CSV) from results directories.",
+        "Build the leaderboard (Markdown, self-contained HTML and CSV) from results directories.",
         "distillbench leaderboard results/quickstart --out results/quickstart/leaderboard",
     )
     board.add_argument("results", nargs="+", help="one or more results directories")
@@ -129,6 +129,17 @@ examples:
     board.add_argument("--grid", help="only rows of this grid (wildcards allowed)")
     board.add_argument("--dataset", help="only rows of this dataset (wildcards allowed)")
     board.add_argument("--protocol", help="only rows of this protocol (wildcards allowed)")
+    board.add_argument("--reported", help="YAML of published numbers (default: the packaged reported.yaml)")
+    board.add_argument("--open", action="store_true", help="open index.html in the web browser when done")
+
+    data = command(
+        "data",
+        "Manage dataset files: 'fetch' downloads a dataset into the data root and verifies its checksums.",
+        "distillbench data fetch cifar10 --data-root ~/.cache/distillbench",
+    )
+    data.add_argument("action", choices=["fetch"], help="fetch: download (if missing) and verify")
+    data.add_argument("dataset", help="dataset name, e.g. mnist or cifar10")
+    data.add_argument("--data-root", help="dataset root (default: $DISTILLBENCH_DATA or ~/.cache/distillbench)")
     return parser
 
 
@@ -357,12 +368,38 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         if not d.is_dir():
             raise DistillBenchError(f"results directory {str(d)!r} does not exist; pass the --results of a run")
     out = Path(args.out) if args.out else dirs[0] / "leaderboard"
-    board = build_leaderboard(dirs, out, grid=args.grid, dataset=args.dataset, protocol=args.protocol)
+    board = build_leaderboard(
+        dirs, out, grid=args.grid, dataset=args.dataset, protocol=args.protocol, reported=args.reported
+    )
     for path, reason in board.skipped_files:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"{board.n_ok} ok rows, {len(board.failures)} failed rows, {len(board.tables)} tables")
     print(f"leaderboard: {board.markdown_path}")
     print(f"             {board.csv_path}")
+    print(f"             {board.html_path}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(Path(board.html_path).resolve().as_uri())
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from distillbench.datasets.base import Dataset
+    from distillbench.harness.plugins import DATASETS
+
+    configured = DATASETS.resolve(args.dataset)
+    dataset = configured.obj(configured.params)
+    root = _data_root(args.data_root)
+    # A dataset that keeps the base class's no-op prepare() has no files to fetch (digits is embedded).
+    if type(dataset).prepare is Dataset.prepare:
+        print(f"{configured.name}: nothing to download (the data ships with the package)")
+        return 0
+    dataset.prepare(root, download=True)
+    paths = dataset.data_paths(root) if hasattr(dataset, "data_paths") else [root]
+    print(f"{configured.name}: ready under {root} (missing files downloaded, official md5 sums checked)")
+    for path in paths:
+        print(f"  {path}")
     return 0
 
 
@@ -373,6 +410,7 @@ COMMANDS = {
     "distill": cmd_distill,
     "evaluate": cmd_evaluate,
     "leaderboard": cmd_leaderboard,
+    "data": cmd_data,
 }
 
 

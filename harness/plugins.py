@@ -55,6 +55,12 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
     },
     DATASETS: {
         "digits": "distillbench.datasets.digits:Digits",
+        "mnist": "distillbench.datasets.mnist:MNIST",
+        "fashion_mnist": "distillbench.datasets.mnist:FashionMNIST",
+        "kmnist": "distillbench.datasets.mnist:KMNIST",
+        "svhn": "distillbench.datasets.svhn:SVHN",
+        "cifar10": "distillbench.datasets.cifar:CIFAR10",
+        "cifar100": "distillbench.datasets.cifar:CIFAR100",
     },
     NETWORKS: {
         "convnet": "distillbench.harness.networks.convnet:ConvNet",
