@@ -60,9 +60,9 @@ REDUCED = {
     "random": "random",
     "herding": "herding[train_epochs=5]",
     "kcenter": "kcenter[train_epochs=5]",
-    "dm": "dm[iterations=200,batch_real=64]",
-    "dc": "dc[iterations=20,batch_real=64]",
-    "dsa": "dsa[iterations=20,batch_real=64]",
+    "dm": "dm[batch_real=64,iterations=200,net=convnet[width=32]]",
+    "dc": "dc[batch_real=64,iterations=20,net=convnet[width=32]]",
+    "dsa": "dsa[batch_real=64,iterations=20,net=convnet[width=32]]",
 }
 PAPER = {name: name for name in REDUCED}
 

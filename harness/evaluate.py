@@ -260,6 +260,11 @@ def evaluate(
         >>> result = evaluate(replace(QUICK_V1, epochs=50), dset, data, seed=0)  # doctest: +SKIP
         >>> print(f"{result.acc_mean:.3f} +- {result.acc_std:.3f}")  # doctest: +SKIP
     """
+    if getattr(protocol, "engine", "train") == "replay":
+        # Replay protocols (dd-replay-v1) re-apply a set's learned inner steps instead of training.
+        from distillbench.harness.replay import replay
+
+        return replay(protocol, dset, data, seed=seed, device=device, progress=progress, network=network)
     start_time = time.perf_counter()
     network = network or protocol.network
     if network not in protocol.networks:

@@ -52,6 +52,10 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
         "random": "distillbench.methods.random:RandomReal",
         "herding": "distillbench.methods.herding:Herding",
         "dm": "distillbench.methods.dm:DistributionMatching",
+        "dd": "distillbench.methods.dd:DatasetDistillation",
+        "dc": "distillbench.methods.dc:GradientMatching",
+        "dsa": "distillbench.methods.dsa:SiameseGradientMatching",
+        "kcenter": "distillbench.methods.kcenter:KCenter",
     },
     DATASETS: {
         "digits": "distillbench.datasets.digits:Digits",
@@ -65,10 +69,14 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
     NETWORKS: {
         "convnet": "distillbench.harness.networks.convnet:ConvNet",
         "mlp": "distillbench.harness.networks.mlp:MLP",
+        "lenet": "distillbench.harness.networks.lenet:LeNet",
+        "alexcifarnet": "distillbench.harness.networks.alexcifarnet:AlexCifarNet",
+        "resnet18": "distillbench.harness.networks.resnet:ResNet18",
     },
     PROTOCOLS: {
         "convnet-v1": "distillbench.harness.protocols:CONVNET_V1",
         "quick-v1": "distillbench.harness.protocols:QUICK_V1",
+        "dd-replay-v1": "distillbench.harness.protocols:DD_REPLAY_V1",
     },
     WEIGHTINGS: {
         "none": "distillbench.harness.stages:NoWeighting",

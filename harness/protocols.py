@@ -4,11 +4,23 @@ A protocol fixes everything about how a distilled set is scored: the evaluation 
 optimiser and schedule, the augmentation, and the number K of freshly initialised models trained
 on the set. Methods cannot change it, and the leaderboard compares rows only within one
 ``name`` + ``version``. Changing any field of a published protocol means a new version.
+
+Two engines score a set (``EvalProtocol.engine``):
+
+* ``train`` (:mod:`distillbench.harness.evaluate`): train K fresh networks on the set with SGD for
+  ``epochs`` epochs; works for every set (hard or soft labels, with or without extras).
+* ``replay`` (:mod:`distillbench.harness.replay`): re-apply the inner SGD steps a method learned
+  (DD / soft-label DD: extras ``lrs`` and ``step_of_sample``) to the network the set was distilled
+  for, from its fixed initialisation or from K fresh ones; the set decides the network, the number
+  of steps and the step sizes, so the training fields here (epochs, lr, momentum, ...) are unused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
+
+ENGINES = ("train", "replay")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +43,10 @@ class EvalProtocol:
         n_models: K, the number of evaluation models, each from a seed derived from the trial seed.
         quick: True for short recipes meant for demos and CI; their numbers are not paper numbers.
         description: one line shown by ``describe`` and the leaderboard.
+        engine: ``train`` (train K networks with the fields above; :mod:`~distillbench.harness.evaluate`)
+            or ``replay`` (replay the set's learned steps; :mod:`~distillbench.harness.replay`). A
+            replay protocol's ``networks`` is ``("from-set",)``: the network is the one named in the
+            set's ``meta["net"]``, and that name is what the result row reports as its eval network.
     """
 
     name: str
@@ -47,6 +63,11 @@ class EvalProtocol:
     n_models: int = 20
     quick: bool = False
     description: str = ""
+    engine: Literal["train", "replay"] = "train"
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"protocol {self.name!r} has engine={self.engine!r}; valid engines: {', '.join(ENGINES)}")
 
     @property
     def network(self) -> str:
@@ -75,4 +96,26 @@ QUICK_V1 = EvalProtocol(
     n_models=3,
     quick=True,
     description=("QUICK demo/CI recipe, not comparable to papers: convnet-v1 with 300 epochs and K=3 models"),
+)
+
+# The network trained under a replay protocol is the set's own (``meta["net"]``); this placeholder
+# stands in ``networks`` so that a protocol always names its networks.
+FROM_SET = "from-set"
+
+DD_REPLAY_V1 = EvalProtocol(
+    name="dd-replay-v1",
+    version=1,
+    networks=(FROM_SET,),
+    epochs=0,
+    lr=0.0,
+    momentum=0.0,
+    weight_decay=0.0,
+    augment="none",
+    n_models=200,
+    engine="replay",
+    description=(
+        "DD paper protocol: replay the set's learned inner SGD steps and step sizes on its own network "
+        "(meta net), from its fixed initialisation (K=1, deterministic) or, for random-init sets, from "
+        "K=200 fresh initialisations; test accuracy after the last step"
+    ),
 )

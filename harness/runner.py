@@ -272,7 +272,12 @@ def _identity(resolved: ResolvedTrial) -> dict[str, Any]:
         "labels": resolved.labels.display,
         "protocol": resolved.protocol.name,
         "protocol_version": resolved.protocol.version,
-        "eval_network": resolved.protocol.network,
+        # Replay protocols train the set's own network; name it even on rows that fail before evaluation.
+        "eval_network": (
+            getattr(resolved.method.params, "net", resolved.protocol.network)
+            if getattr(resolved.protocol, "engine", "train") == "replay"
+            else resolved.protocol.network
+        ),
         "spec_json": json.dumps(resolved.canonical(), sort_keys=True),
         "n_eval_models": resolved.protocol.n_models,
     }

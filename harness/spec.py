@@ -160,10 +160,19 @@ def resolve_trial(spec: TrialSpec) -> ResolvedTrial:
     check = getattr(labels.obj, "check", None)
     if check is not None:
         check(method.obj, info)
-    try:
-        resolve_network(protocol.network).validate(info)
-    except DistillBenchError as exc:
-        raise IncompatibleError(f"protocol {protocol.name!r} cannot evaluate on {info.name!r}: {exc}") from None
+    if getattr(protocol, "engine", "train") == "replay":
+        # Replay protocols train the set's own network through its learned steps: only methods
+        # that learn steps (dd) produce such sets; dd validates its network itself.
+        if not getattr(method.obj, "replayable", False):
+            raise IncompatibleError(
+                f"protocol {protocol.name!r} replays learned inner steps; method {method.display!r} learns none. "
+                "Use method dd, or a training protocol (convnet-v1, quick-v1)"
+            )
+    else:
+        try:
+            resolve_network(protocol.network).validate(info)
+        except DistillBenchError as exc:
+            raise IncompatibleError(f"protocol {protocol.name!r} cannot evaluate on {info.name!r}: {exc}") from None
     return ResolvedTrial(
         spec=dataclasses.replace(spec, ipc=ipc),
         dataset=dataset,

@@ -15,6 +15,8 @@ Class attributes:
     Params: frozen dataclass of hyperparameters, defaults from the method's paper.
     modalities: data modalities the method handles (``{"image"}``, or ``{"image", "text"}``).
     accepts_weights: whether ``ctx.weights`` (sample weights of the real data) are used.
+    replayable: whether the sets carry learned inner steps (``extras["lrs"]``) that replay
+        protocols such as ``dd-replay-v1`` train through.
     test_config: small ``Params`` overrides that make the method run in seconds on CPU; the
         conformance tests run every registered method with them.
 """
@@ -36,6 +38,7 @@ class DistillationMethod(abc.ABC):
     Params: ClassVar[type] = NoParams
     modalities: ClassVar[frozenset[str]] = frozenset({"image"})
     accepts_weights: ClassVar[bool] = False
+    replayable: ClassVar[bool] = False
     test_config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: Any | None = None) -> None:

@@ -44,7 +44,7 @@ BAD_GRIDS = [
     (
         "unknown method",
         with_grid(method=["dn"]),
-        "unknown method 'dn'. Did you mean: dm? Available: dm, herding, random",
+        "unknown method 'dn'. Did you mean: dm, dd, dc? Available: dc, dd, dm, dsa, herding, kcenter, random",
     ),
     ("unknown dataset", with_grid(dataset=["digitz"]), "unknown dataset 'digitz'. Did you mean: digits?"),
     ("unknown network", with_grid(method=["dm[net=convnett]"]), "unknown network 'convnett'. Did you mean: convnet?"),
@@ -148,9 +148,9 @@ class TestCommands:
 
     def test_ls_and_pattern(self, capsys):
         """ls lists names naturally sorted and filters with a wildcard."""
-        assert run_cli(capsys, "ls", "methods")[1].split() == ["dm", "herding", "random"]
-        assert run_cli(capsys, "ls", "methods", "d*")[1].split() == ["dm"]
-        assert run_cli(capsys, "ls", "protocols")[1].split()[:2] == ["convnet-v1", "quick-v1"]
+        assert run_cli(capsys, "ls", "methods")[1].split() == ["dc", "dd", "dm", "dsa", "herding", "kcenter", "random"]
+        assert run_cli(capsys, "ls", "methods", "d*")[1].split() == ["dc", "dd", "dm", "dsa"]
+        assert run_cli(capsys, "ls", "protocols")[1].split() == ["convnet-v1", "dd-replay-v1", "quick-v1"]
 
     def test_describe_shows_parameters(self, capsys):
         """describe prints the docstring and typed parameters with defaults."""

@@ -82,7 +82,7 @@ class TestValidation:
     @pytest.mark.parametrize(
         ("overrides", "error", "message"),
         [
-            ({"method": ["dn"]}, UnknownNameError, "grid: unknown method 'dn'. Did you mean: dm?"),
+            ({"method": ["dn"]}, UnknownNameError, "grid: unknown method 'dn'. Did you mean: dm, dd, dc?"),
             ({"dataset": ["digit"]}, UnknownNameError, "grid: unknown dataset 'digit'. Did you mean: digits?"),
             ({"ipc": [0]}, ConfigError, "grid: ipc must be at least 1 (samples per class), got 0"),
             ({"ipc": ["ten"]}, ConfigError, "grid: ipc must be an integer, got 'ten'"),
@@ -170,3 +170,40 @@ class TestGridFiles:
         path.write_text(yaml.safe_dump({**BASE, "grid": {**BASE["grid"], "method": ["dn"]}}))
         with pytest.raises(UnknownNameError, match=r"g\.yaml: grid: unknown method 'dn'"):
             load_grid_file(path)
+
+
+class TestIssue3Validation:
+    def test_replay_protocol_needs_a_replayable_method(self):
+        """dd-replay-v1 only scores sets with learned steps: other methods are rejected before running."""
+        with pytest.raises(IncompatibleError, match="replays learned inner steps; method 'random' learns none"):
+            grid(method=["random"], protocol=["dd-replay-v1"])
+        assert len(grid(method=["dd[distill_steps=1,net=mlp]"], protocol=["dd-replay-v1"]).trials) == 1
+
+    def test_text_data_to_an_image_method(self):
+        """An image-only method given a text dataset fails at validation, naming both."""
+        from distillbench.datasets.base import Dataset
+        from distillbench.harness.types import DatasetInfo
+
+        from .conftest import temp_plugin as plugin
+
+        class FakeText(Dataset):
+            """A text dataset stand-in."""
+
+            name = "faketext"
+
+            def info(self):
+                return DatasetInfo("faketext", "text", 2, (16,), ("neg", "pos"))
+
+            def load(self, root):
+                raise AssertionError("validation must fail before loading")
+
+        with (
+            plugin("datasets", "faketext", FakeText),
+            pytest.raises(IncompatibleError, match="method 'dm' handles image data, but dataset 'faketext' is text"),
+        ):
+            grid(dataset=["faketext"], method=["dm"])
+
+    def test_dd_more_samples_than_classes_times_ipc(self):
+        """Soft-label DD with more samples than classes x ipc is refused at validation."""
+        with pytest.raises(ConfigError, match="num_samples"):
+            grid(method=["dd[soft_labels=true,distill_steps=1,num_samples=11]"], ipc=[1])
