@@ -15,31 +15,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distillbench.datasets._longtail import long_tail_counts, long_tail_subsample
+from distillbench.datasets._longtail import LongTailParams, long_tail_subsample
 from distillbench.datasets.base import Dataset
 from distillbench.harness.errors import ConfigError
 from distillbench.harness.params import format_spec
 from distillbench.harness.plugins import register_dataset
 from distillbench.harness.types import DataBundle, DatasetInfo, Split
 
-__all__ = ["Digits", "DigitsParams", "long_tail_counts"]  # long_tail_counts: re-exported for old imports
+__all__ = ["Digits", "DigitsParams"]
 
 SPLIT_SEED = 0
 N_TEST = 360
 N_VAL = 180
 
 
-@dataclasses.dataclass(frozen=True)
-class DigitsParams:
-    """Options of ``digits``."""
-
-    imbalance: float = dataclasses.field(
-        default=1.0, metadata={"help": "n_max/n_min of an exponential long-tailed train split; 1 = as is"}
-    )
-
-    def __post_init__(self) -> None:
-        if self.imbalance < 1.0:
-            raise ValueError(f"imbalance must be >= 1 (n_max / n_min), got {self.imbalance}")
+# digits takes exactly the options every classification dataset takes (``imbalance=``).
+DigitsParams = LongTailParams
 
 
 @lru_cache(maxsize=4)

@@ -22,6 +22,7 @@ stream the calling method uses for anything else, and the same seed always gives
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
@@ -117,3 +118,21 @@ def embed(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tens
     if not out:
         return torch.zeros(0, 0)
     return torch.cat(out).flatten(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureParams:
+    """Options of the coreset methods that select real samples in a feature space (herding, kcenter)."""
+
+    features: Literal["trained", "random", "pixels"] = dataclasses.field(
+        default="trained",
+        metadata={"help": "feature space: trained ConvNet embedding, random ConvNet embedding, or pixels"},
+    )
+    train_epochs: int = dataclasses.field(
+        default=10, metadata={"help": "epochs of training on the real train split for features=trained"}
+    )
+    net: str = dataclasses.field(default="convnet", metadata={"help": "network spec of the feature extractor"})
+
+    def __post_init__(self) -> None:
+        if self.train_epochs < 1:
+            raise ValueError(f"train_epochs must be at least 1, got {self.train_epochs}")

@@ -62,3 +62,19 @@ class DistillationMethod(abc.ABC):
     @abc.abstractmethod
     def distill(self, data: DataBundle, ipc: int, ctx: Context) -> DistilledSet:
         """Produce the distilled set."""
+
+    def check_network_and_augmentation(self, info: DatasetInfo, net: str, strategy: str = "none") -> None:
+        """Validate a method's network spec and DSA strategy on ``info`` before any work runs.
+
+        Raises:
+            ConfigError: the network cannot take the data (e.g. a ConvNet too deep for 8x8 inputs)
+                or the strategy names unknown augmentation families.
+        """
+        from distillbench.harness.augment import DSA
+        from distillbench.harness.networks import resolve_network
+
+        resolve_network(net).validate(info)
+        try:
+            DSA(strategy)
+        except ValueError as exc:
+            raise ConfigError(f"method {self.name!r} on {info.name!r}: {exc}") from None

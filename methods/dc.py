@@ -23,9 +23,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Literal
 
-from distillbench.harness.augment import DSA
-from distillbench.harness.errors import ConfigError
-from distillbench.harness.networks import resolve_network
 from distillbench.harness.plugins import register_method
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
 from distillbench.methods._gradmatch import DIS_METRICS, run_gradient_matching
@@ -101,12 +98,7 @@ class GradientMatching(DistillationMethod):
 
     def validate(self, info: DatasetInfo, ipc: int) -> None:
         super().validate(info, ipc)
-        # Fails here, before any work, for e.g. a ConvNet too deep for 8x8 inputs.
-        resolve_network(self.params.net).validate(info)
-        try:
-            DSA(self.strategy(info))
-        except ValueError as exc:
-            raise ConfigError(f"method {self.name!r} on {info.name!r}: {exc}") from None
+        self.check_network_and_augmentation(info, self.params.net, self.strategy(info))
 
     def distill(self, data: DataBundle, ipc: int, ctx: Context) -> DistilledSet:
         return run_gradient_matching(self.name, self.params, data, ipc, ctx, self.strategy(data.info))

@@ -99,12 +99,7 @@ class DistributionMatching(DistillationMethod):
 
     def validate(self, info: DatasetInfo, ipc: int) -> None:
         super().validate(info, ipc)
-        # Fails here, before any work, for e.g. a ConvNet too deep for 8x8 inputs.
-        resolve_network(self.params.net).validate(info)
-        try:
-            DSA(self.strategy(info))
-        except ValueError as exc:
-            raise ConfigError(f"method 'dm' on {info.name!r}: {exc}") from None
+        self.check_network_and_augmentation(info, self.params.net, self.strategy(info))
 
     def distill(self, data: DataBundle, ipc: int, ctx: Context) -> DistilledSet:
         p = self.params

@@ -24,34 +24,21 @@ with ``features="pixels"``, the same for every seed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
 from distillbench.harness.networks import resolve_network
 from distillbench.harness.plugins import register_method
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
-from distillbench.methods._features import features
+from distillbench.methods._features import FeatureParams, features
 from distillbench.methods.base import DistillationMethod
 from distillbench.methods.random import check_class_sizes
 
 
 @dataclasses.dataclass(frozen=True)
-class KCenterParams:
-    """Options of ``kcenter``."""
-
-    features: Literal["trained", "random", "pixels"] = dataclasses.field(
-        default="trained",
-        metadata={"help": "feature space: trained ConvNet embedding, random ConvNet embedding, or pixels"},
-    )
-    train_epochs: int = dataclasses.field(
-        default=10, metadata={"help": "epochs of training on the real train split for features=trained"}
-    )
-    net: str = dataclasses.field(default="convnet", metadata={"help": "network spec of the feature extractor"})
-
-    def __post_init__(self) -> None:
-        if self.train_epochs < 1:
-            raise ValueError(f"train_epochs must be at least 1, got {self.train_epochs}")
+class KCenterParams(FeatureParams):
+    """Options of ``kcenter`` (the shared feature-space options)."""
 
 
 def kcenter_order(feats: torch.Tensor, k: int) -> torch.Tensor:
