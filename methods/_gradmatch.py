@@ -36,8 +36,6 @@ Deviations from the reference code, all deliberate:
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,10 +44,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillbench.harness.augment import DSA
-from distillbench.harness.errors import ConfigError, DivergedError
+from distillbench.harness.errors import ConfigError
 from distillbench.harness.networks import resolve_network
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import Context, DataBundle, DistilledSet
+from distillbench.methods._loop import LossTracker
 from distillbench.methods.random import random_per_class
 
 if TYPE_CHECKING:
@@ -354,15 +353,13 @@ def run_gradient_matching(
     aug = DSA(strategy)
     factory = resolve_network(p.net)  # parse the spec once, build a fresh network every iteration
 
-    report_every = max(1, p.iterations // 100)
-    window_sum = 0.0
-    window_start = 0
-    curve: list[list[float]] = []
-    last = float("nan")
-    done = 0
-    stopped_early = False
-    start = time.monotonic()
-    ctx.report(0.0, f"{method}: starting ({outer_loop} outer x {inner_loop} inner steps per iteration)")
+    tracker = LossTracker(
+        method,
+        p.iterations,
+        ctx,
+        f"(lr_img={p.lr_img}, lr_net={p.lr_net}); lower the learning rates",
+        start_message=f"starting ({outer_loop} outer x {inner_loop} inner steps per iteration)",
+    )
 
     for it in range(p.iterations):
         net = factory.build(info, torch_generator(derive_seed(ctx.seed, method, "net", it))).to(device)
@@ -391,32 +388,9 @@ def run_gradient_matching(
                 break  # the reference does not train the network after its last image update
             train_on_synthetic(net, opt_net, syn.detach(), labels, inner_loop, p.batch_train, aug, gen)
 
-        # One host synchronisation per iteration: negligible next to outer_loop x C double backwards.
-        last = float(it_loss) / (outer_loop * num_classes)
-        if not math.isfinite(last):
-            raise DivergedError(
-                f"{method} diverged: the matching loss became {last} at iteration {it + 1} "
-                f"(lr_img={p.lr_img}, lr_net={p.lr_net}); lower the learning rates"
-            )
-        done = it + 1
-        window_sum += last
-
-        out_of_time = ctx.time_budget_s is not None and time.monotonic() - start >= ctx.time_budget_s
-        if done % report_every == 0 or done == p.iterations or out_of_time:
-            mean = window_sum / (done - window_start)
-            curve.append([done, mean])
-            ctx.report(done / p.iterations, f"{method}: iteration {done}/{p.iterations}, loss {mean:.4g}")
-            window_sum = 0.0
-            window_start = done
-        if out_of_time and done < p.iterations:
-            stopped_early = True
+        # Mean matching distance per (outer step, class); the tracker reads it once per report window.
+        if tracker.step(it_loss / (outer_loop * num_classes)):
             break
 
-    meta.update(
-        iterations=p.iterations,
-        iterations_done=done,
-        stopped_early=stopped_early,
-        final_loss=last,
-        loss_curve=curve,
-    )
+    meta.update(tracker.meta())
     return DistilledSet(x=syn.detach().cpu(), y=labels.cpu(), meta=meta)

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -76,6 +75,7 @@ from distillbench.harness.plugins import register_method
 from distillbench.harness.replay import unroll
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
+from distillbench.methods._loop import LossTracker
 from distillbench.methods.base import DistillationMethod
 
 
@@ -283,15 +283,8 @@ class DatasetDistillation(DistillationMethod):
         batch = min(p.batch_size, n_train)
         per_epoch = max(1, n_train // batch)
         total = p.epochs * per_epoch
-        report_every = max(1, total // 100)
-        window_sum = torch.zeros((), device=device)
-        window_start = 0
-        curve: list[list[float]] = []
-        loss = torch.zeros(())
-        done = 0
+        tracker = LossTracker("dd", total, ctx, f"(lr={p.lr}, distill_lr={p.distill_lr}); lower lr or distill_lr")
         stopped_early = False
-        start = time.monotonic()
-        ctx.report(0.0, "dd: starting")
 
         for epoch in range(p.epochs):
             order = torch.randperm(n_train, generator=gen, device=gen.device).to(device)
@@ -308,7 +301,9 @@ class DatasetDistillation(DistillationMethod):
                     if fixed is not None:
                         module, w0 = fixed
                     else:
-                        module = factory.build(info, torch_generator(derive_seed(ctx.seed, "dd", "net", done, j)))
+                        module = factory.build(
+                            info, torch_generator(derive_seed(ctx.seed, "dd", "net", tracker.done, j))
+                        )
                         module = module.to(device)
                         w0 = dict(module.named_parameters())
                     w_final = unroll(module, w0, xs, targets, lrs, soft=p.soft_labels, create_graph=True)
@@ -319,25 +314,7 @@ class DatasetDistillation(DistillationMethod):
                 for leaf, grad in zip(leaves, grads, strict=True):
                     leaf.grad = grad
                 opt.step()
-                done += 1
-                window_sum += loss.detach()
-
-                out_of_time = ctx.time_budget_s is not None and time.monotonic() - start >= ctx.time_budget_s
-                if done % report_every == 0 or done == total or out_of_time:
-                    mean = float(window_sum) / (done - window_start)
-                    if not math.isfinite(mean):
-                        where = (
-                            f"iteration {done}" if done == window_start + 1 else f"iterations {window_start + 1}-{done}"
-                        )
-                        raise DivergedError(
-                            f"dd diverged: the loss became {mean} at {where} (lr={p.lr}, distill_lr={p.distill_lr}); "
-                            "lower lr or distill_lr"
-                        )
-                    curve.append([done, mean])
-                    ctx.report(done / total, f"dd: iteration {done}/{total} (epoch {epoch + 1}), loss {mean:.4g}")
-                    window_sum.zero_()
-                    window_start = done
-                if out_of_time and done < total:
+                if tracker.step(loss, note=f"epoch {epoch + 1}"):
                     stopped_early = True
                     break
             sched.step()
@@ -372,11 +349,7 @@ class DatasetDistillation(DistillationMethod):
                 "distill_lr": p.distill_lr,
                 "real_augment": augment,
                 "epochs": p.epochs,
-                "iterations": total,
-                "iterations_done": done,
-                "stopped_early": stopped_early,
-                "final_loss": float(loss.detach()),
-                "loss_curve": curve,
+                **tracker.meta(),
             },
         )
 

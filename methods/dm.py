@@ -33,18 +33,17 @@ Implementation notes:
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from distillbench.harness.augment import DSA
-from distillbench.harness.errors import ConfigError, DivergedError
+from distillbench.harness.errors import ConfigError
 from distillbench.harness.networks import resolve_network
 from distillbench.harness.plugins import register_method
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
+from distillbench.methods._loop import LossTracker
 from distillbench.methods.base import DistillationMethod
 from distillbench.methods.random import random_per_class
 
@@ -130,15 +129,7 @@ class DistributionMatching(DistillationMethod):
         real_groups = torch.arange(num_classes, device=device).repeat_interleave(batch)
         syn_groups = torch.arange(num_classes, device=device).repeat_interleave(ipc)
 
-        report_every = max(1, p.iterations // 100)
-        window_sum = torch.zeros((), device=device)
-        window_start = 0
-        curve: list[list[float]] = []
-        loss = torch.zeros(())
-        done = 0
-        stopped_early = False
-        start = time.monotonic()
-        ctx.report(0.0, "dm: starting")
+        tracker = LossTracker("dm", p.iterations, ctx, f"(lr_img={p.lr_img}); lower lr_img")
 
         for it in range(p.iterations):
             net = factory.build(info, torch_generator(derive_seed(ctx.seed, "dm", "net", it))).to(device)
@@ -176,32 +167,10 @@ class DistributionMatching(DistillationMethod):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            done = it + 1
-            window_sum += loss.detach()
-
-            out_of_time = ctx.time_budget_s is not None and time.monotonic() - start >= ctx.time_budget_s
-            if done % report_every == 0 or done == p.iterations or out_of_time:
-                mean = float(window_sum) / (done - window_start)
-                if not math.isfinite(mean):
-                    where = f"iteration {done}" if done == window_start + 1 else f"iterations {window_start + 1}-{done}"
-                    raise DivergedError(
-                        f"dm diverged: the loss became {mean} at {where} (lr_img={p.lr_img}); lower lr_img"
-                    )
-                curve.append([done, mean])
-                ctx.report(done / p.iterations, f"dm: iteration {done}/{p.iterations}, loss {mean:.4g}")
-                window_sum.zero_()
-                window_start = done
-            if out_of_time and done < p.iterations:
-                stopped_early = True
+            if tracker.step(loss):
                 break
 
-        meta.update(
-            iterations=p.iterations,
-            iterations_done=done,
-            stopped_early=stopped_early,
-            final_loss=float(loss.detach()),
-            loss_curve=curve,
-        )
+        meta.update(tracker.meta())
         return DistilledSet(
             x=syn.detach().cpu(),
             y=torch.arange(num_classes).repeat_interleave(ipc),

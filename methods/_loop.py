@@ -1,0 +1,85 @@
+"""Bookkeeping shared by iterative methods: loss curve, progress, divergence and the time budget.
+
+The loss is summed on the device and read back once per report window (about 1% of the run), so a
+GPU loop does not wait for the host every iteration, and a NaN/inf loss is still caught within a
+window and turned into :class:`DivergedError` (the trial then ends with status ``diverged``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from distillbench.harness.errors import DivergedError
+from distillbench.harness.types import Context
+
+
+class LossTracker:
+    """Follow one iterative distillation run.
+
+    Args:
+        method: method name for messages (``"dm"``).
+        total: planned number of iterations.
+        ctx: the trial context (progress callback and time budget).
+        hint: what to lower when the loss diverges, e.g. ``"(lr_img=1.0); lower lr_img"``.
+
+    Example:
+        >>> tracker = LossTracker("dm", 100, ctx, "(lr_img=1.0); lower lr_img")  # doctest: +SKIP
+        >>> for it in range(100):  # doctest: +SKIP
+        ...     if tracker.step(loss):
+        ...         break
+    """
+
+    def __init__(self, method: str, total: int, ctx: Context, hint: str, start_message: str = "starting") -> None:
+        self.method, self.total, self.ctx, self.hint = method, total, ctx, hint
+        self.report_every = max(1, total // 100)
+        self.window_sum: torch.Tensor | float = 0.0
+        self.window_start = 0
+        self.done = 0
+        self.last: torch.Tensor | float = float("nan")
+        self.curve: list[list[float]] = []
+        self.stopped_early = False
+        self.start = time.monotonic()
+        ctx.report(0.0, f"{method}: {start_message}")
+
+    def step(self, loss: torch.Tensor | float, note: str = "") -> bool:
+        """Record one iteration's loss; return True when the time budget is spent and the run must stop.
+
+        Raises:
+            DivergedError: the mean loss of the window is not finite.
+        """
+        self.done += 1
+        self.last = loss.detach() if isinstance(loss, torch.Tensor) else loss
+        self.window_sum = self.window_sum + self.last
+        budget = self.ctx.time_budget_s
+        out_of_time = budget is not None and time.monotonic() - self.start >= budget
+        if self.done % self.report_every == 0 or self.done == self.total or out_of_time:
+            mean = float(self.window_sum) / (self.done - self.window_start)
+            if not math.isfinite(mean):
+                first = self.window_start + 1
+                where = f"iteration {self.done}" if self.done == first else f"iterations {first}-{self.done}"
+                raise DivergedError(f"{self.method} diverged: the loss became {mean} at {where} {self.hint}")
+            self.curve.append([self.done, mean])
+            suffix = f" ({note})" if note else ""
+            self.ctx.report(
+                self.done / self.total, f"{self.method}: iteration {self.done}/{self.total}{suffix}, loss {mean:.4g}"
+            )
+            self.window_sum = 0.0
+            self.window_start = self.done
+        if out_of_time and self.done < self.total:
+            self.stopped_early = True
+            return True
+        return False
+
+    def meta(self) -> dict[str, Any]:
+        """Iterations planned and done, early stop, last loss and the loss curve, for ``DistilledSet.meta``."""
+        return {
+            "iterations": self.total,
+            "iterations_done": self.done,
+            "stopped_early": self.stopped_early,
+            "final_loss": float(self.last),
+            "loss_curve": self.curve,
+        }
