@@ -140,6 +140,13 @@ examples:
     data.add_argument("action", choices=["fetch"], help="fetch: download (if missing) and verify")
     data.add_argument("dataset", help="dataset name, e.g. mnist or cifar10")
     data.add_argument("--data-root", help="dataset root (default: $DISTILLBENCH_DATA or ~/.cache/distillbench)")
+    status = command(
+        "status",
+        "Show done / pending / failed trials per grid of a results directory, with an error summary.",
+        "distillbench status results/quickstart --grid configs/quickstart.yaml",
+    )
+    status.add_argument("results", help="a results directory")
+    status.add_argument("--grid", action="append", default=[], help="grid file(s): also count their pending trials")
     return parser
 
 
@@ -403,6 +410,51 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from distillbench.harness import store
+    from distillbench.harness.spec import load_grid_file
+
+    results = Path(args.results)
+    if not store.rows_dir(results).is_dir():
+        raise DistillBenchError(f"{str(results)!r} has no rows/ folder; pass the --results directory of a run")
+    skipped: list[str] = []
+    frame = store.read_rows([results], on_bad=lambda path, reason: skipped.append(f"{path.name}: {reason}"))
+    # A trial's state is its worst row (one row per evaluation network).
+    rank = {"ok": 0, "diverged": 1, "error": 2}
+    trials: dict[str, dict[str, Any]] = {}
+    for row in frame.to_dict("records"):
+        known = trials.get(row["trial_id"])
+        if known is None or rank.get(row["status"], 2) > rank.get(known["status"], 2):
+            trials[row["trial_id"]] = row
+    grids = [load_grid_file(path) for path in args.grid]
+    names = sorted({str(t["grid"]) for t in trials.values()} | {g.name for g in grids})
+    print(f"{'grid':24} {'done':>6} {'diverged':>9} {'failed':>7} {'pending':>8}")
+    for name in names:
+        counts = Counter(t["status"] for t in trials.values() if str(t["grid"]) == name)
+        pending = "?"
+        for grid in grids:
+            if grid.name == name:
+                finished = {i for i, t in trials.items() if t["status"] in ("ok", "diverged")}
+                pending = str(sum(1 for t in grid.trials if t.trial_id not in finished))
+        print(f"{name:24} {counts['ok']:>6} {counts['diverged']:>9} {counts['error']:>7} {pending:>8}")
+    errors = Counter(
+        str(t.get("error") or "").strip().splitlines()[0] if t.get("error") else t["status"]
+        for t in trials.values()
+        if t["status"] != "ok"
+    )
+    if errors:
+        print("\nerrors (most frequent first):")
+        for message, count in errors.most_common(10):
+            print(f"  {count:>4} x {message[:200]}")
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if not args.grid:
+        print("\n(pending trials are counted when the grid file is given with --grid)")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "ls": cmd_ls,
@@ -411,6 +463,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "leaderboard": cmd_leaderboard,
     "data": cmd_data,
+    "status": cmd_status,
 }
 
 

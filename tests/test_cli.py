@@ -192,3 +192,27 @@ class TestCommands:
         assert code == 0
         again = json.loads(out)
         assert again["acc_per_model"] == row["acc_per_model"], "re-evaluating the same set with the same seed differs"
+
+
+class TestStatus:
+    def test_counts_and_error_summary(self, tmp_path, capsys):
+        """status counts done / failed / pending per grid (pending from the grid file) and groups errors."""
+        from distillbench.harness import store
+        from distillbench.harness.spec import load_grid_file
+
+        grid_path = write_grid(tmp_path, with_grid(method=["random", "herding"], ipc=[1, 10]))
+        trials = load_grid_file(grid_path).trials
+        results = tmp_path / "results"
+        store.write_row(results, {"trial_id": trials[0].trial_id, "grid": "g", "status": "ok"})
+        for t in trials[1:3]:
+            store.write_row(results, {"trial_id": t.trial_id, "grid": "g", "status": "error", "error": "OOM\nlong"})
+        code, out, _ = run_cli(capsys, "status", str(results), "--grid", str(grid_path))
+        assert code == 0
+        line = next(line for line in out.splitlines() if line.startswith("g "))
+        assert line.split() == ["g", "1", "0", "2", "3"], out
+        assert "2 x OOM" in out
+
+    def test_not_a_results_directory(self, tmp_path, capsys):
+        """A folder without rows/ is a one-line error."""
+        code, _, err = run_cli(capsys, "status", str(tmp_path))
+        assert code == 2 and "has no rows/ folder" in err and err.count("\n") == 1
