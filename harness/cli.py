@@ -147,6 +147,13 @@ examples:
     )
     status.add_argument("results", help="a results directory")
     status.add_argument("--grid", action="append", default=[], help="grid file(s): also count their pending trials")
+    show = command(
+        "show",
+        "Print the sentences of a text set: token ids as words, embedding-space sentences as nearest words.",
+        "distillbench show results/text/sets/0123abcd.safetensors --data-root ../shared/data",
+    )
+    show.add_argument("set_file", help="a .safetensors file of a text dataset, written by distill --out or by a run")
+    show.add_argument("--data-root", help="dataset root")
     return parser
 
 
@@ -455,6 +462,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from distillbench.datasets._text import sentence_words
+    from distillbench.harness import store
+    from distillbench.harness.runner import load_data
+    from distillbench.harness.spec import TrialSpec
+
+    dset, meta = store.load_set(Path(args.set_file))
+    if "spec" not in meta:
+        raise DistillBenchError(f"{args.set_file}: metadata has no 'spec'; was it written by distillbench?")
+    resolved = TrialSpec.from_dict(meta["spec"]).resolve()
+    if resolved.info.modality != "text":
+        raise DistillBenchError(f"{args.set_file}: dataset {resolved.dataset.display!r} is not text; show needs text")
+    info = load_data(resolved, _data_root(args.data_root)).info
+    space = "token ids" if dset.x.dim() == 2 else "embedding space: nearest word by cosine at each position"
+    print(f"{len(dset)} sentences of {resolved.dataset.display} by {resolved.method.display} ({space})")
+    for i, words in enumerate(sentence_words(dset.x, info)):
+        label = dset.y[i]
+        name = "[" + ", ".join(f"{v:.2f}" for v in label.tolist()) + "]" if dset.soft else info.class_names[int(label)]
+        print(f"{i:4d} {name}: {' '.join(words)}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "ls": cmd_ls,
@@ -464,6 +493,7 @@ COMMANDS = {
     "leaderboard": cmd_leaderboard,
     "data": cmd_data,
     "status": cmd_status,
+    "show": cmd_show,
 }
 
 

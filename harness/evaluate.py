@@ -91,7 +91,11 @@ def _check_inputs(protocol: EvalProtocol, dset: DistilledSet, info: DatasetInfo)
             f"n_models={protocol.n_models}, epochs={protocol.epochs}, batch_size={protocol.batch_size}"
         )
     sample_shape = tuple(dset.x.shape[1:])
-    if dset.x.dim() < 1 or sample_shape != tuple(info.shape):
+    allowed = {tuple(info.shape)}
+    if info.modality == "text" and getattr(info, "embeddings", None) is not None:
+        # Text sets hold token ids [n, L] (real sentences) or embedding-space sentences [n, L, D].
+        allowed.add((*info.shape, int(info.embeddings.shape[1])))
+    if dset.x.dim() < 1 or sample_shape not in allowed:
         raise ValueError(
             f"distilled set samples have shape {sample_shape} (x is {tuple(dset.x.shape)}), but dataset "
             f"{info.name!r} has samples of shape {tuple(info.shape)}; x must be [n, *{tuple(info.shape)}]"

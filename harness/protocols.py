@@ -119,3 +119,24 @@ DD_REPLAY_V1 = EvalProtocol(
         "K=200 fresh initialisations; test accuracy after the last step"
     ),
 )
+
+# Text datasets (METHODS.md section 2). Ordinary training of a TextCNN on any set (token ids of real
+# sentences or embedding-space distilled sentences); no augmentation. DD sets are replayed under
+# dd-replay-v1, which handles text sets as well (the paper's evaluation of DD / soft-label DD).
+TEXT_V1 = EvalProtocol(
+    name="text-v1",
+    version=1,
+    networks=("textcnn",),
+    epochs=300,
+    lr=0.01,
+    momentum=0.9,
+    weight_decay=5e-4,
+    batch_size=256,
+    augment="none",
+    n_models=10,
+    description=(
+        "Text recipe: TextCNN (3/4/5 x 100, dropout 0.5) on frozen word vectors, SGD lr 0.01 momentum 0.9 "
+        "wd 5e-4, batch 256, 300 epochs, lr x0.1 at half, no augmentation, K=10 models; takes token-id sets "
+        "(real sentences) and embedding-space sets (distilled); dd sets replay under dd-replay-v1"
+    ),
+)

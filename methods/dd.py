@@ -52,6 +52,11 @@ the setting of the headline numbers. Real CIFAR batches were augmented during di
 DD code (pad 4 reflect, random crop, flip); ``real_augment=auto`` does that for ``cifar*`` datasets.
 Binary tasks use two logits with cross-entropy (the DD code used one logit with BCE).
 
+Text (METHODS.md section 2, TDD): on a text dataset the samples live in embedding space, each a
+``[max_len, D]`` tensor initialised N(0, 1) (D the dataset's word-vector width), and the network
+(``dd[net=textcnn]``, ``birnn`` or ``bilstm``) consumes them directly instead of looking up token ids;
+the real batches stay token ids. ``distillbench show SET_FILE`` prints the nearest vocabulary words.
+
 Implementation notes: every random draw comes from ``ctx.generator`` (initial samples, real batch
 order, real-batch augmentation) or from generators derived from ``ctx.seed`` (networks). An epoch is
 ``len(train) // batch_size`` real batches (the incomplete last batch is dropped, so every outer step
@@ -165,7 +170,7 @@ class DatasetDistillation(DistillationMethod):
 
     name = "dd"
     Params = DDParams
-    modalities: ClassVar[frozenset[str]] = frozenset({"image"})
+    modalities: ClassVar[frozenset[str]] = frozenset({"image", "text"})
     accepts_weights = False
     # The sets carry learned inner steps (extras "lrs", "step_of_sample"), so replay protocols
     # (engine "replay", dd-replay-v1) can score them; trial validation may check this flag.
@@ -258,7 +263,8 @@ class DatasetDistillation(DistillationMethod):
         )
 
         # Learned state: samples [S, m, *shape], raw step sizes [T], label vectors [S, m, C] (soft only).
-        images = torch.randn((steps, per_step, *info.shape), generator=gen, device=gen.device).to(device)
+        shape = sample_shape(info)
+        images = torch.randn((steps, per_step, *shape), generator=gen, device=gen.device).to(device)
         images.requires_grad_(True)
         raw_lrs = torch.full((inner_steps,), softplus_inverse(p.distill_lr), device=device, requires_grad=True)
         init_classes = torch.tensor(layout.classes, device=device).expand(steps, per_step)
@@ -321,7 +327,7 @@ class DatasetDistillation(DistillationMethod):
             if stopped_early:
                 break
 
-        x_out = images.detach().reshape(steps * per_step, *info.shape).cpu()
+        x_out = images.detach().reshape(steps * per_step, *shape).cpu()
         if not bool(torch.isfinite(x_out).all()):
             raise DivergedError("dd diverged: the distilled samples contain NaN or inf; lower lr")
         if p.soft_labels:
@@ -352,6 +358,20 @@ class DatasetDistillation(DistillationMethod):
                 **tracker.meta(),
             },
         )
+
+
+def sample_shape(info: DatasetInfo) -> tuple[int, ...]:
+    """Shape of one learned sample: ``info.shape``, or ``(max_len, D)`` for text (embedding space).
+
+    Raises:
+        ConfigError: a text dataset whose ``info`` carries no word vectors (not loaded).
+    """
+    if info.modality != "text":
+        return tuple(info.shape)
+    embeddings = getattr(info, "embeddings", None)
+    if embeddings is None:
+        raise ConfigError(f"method 'dd' distils text in embedding space; {info.name!r} carries no word vectors")
+    return (*info.shape, int(embeddings.shape[1]))
 
 
 def crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,250 @@
+"""Text datasets, the text pipeline, text networks, dd on text and ``distillbench show`` (issue 4).
+
+Unit tests use the small files in ``tests/fixtures_text`` (written for these tests) and a 4-d GloVe
+text file; the ``realdata`` tests read ``../shared/data`` and skip when it is absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distillbench.datasets._text import (
+    PAD_ID,
+    UNK_ID,
+    build_vocab,
+    embedding_matrix,
+    encode,
+    sentence_words,
+    tokenize,
+)
+from distillbench.harness.errors import ConfigError, DataError, IncompatibleError
+from distillbench.harness.plugins import DATASETS
+from tests.conftest import needs_shared_data, temp_plugin
+
+torch.set_num_threads(1)
+
+FIXTURES = Path(__file__).parent / "fixtures_text"
+GLOVE = FIXTURES / "glove.txt"
+
+
+def load(spec: str, root: Path = FIXTURES):
+    """Load a configured dataset from ``root``."""
+    configured = DATASETS.resolve(spec)
+    return configured.obj(configured.params).load(root)
+
+
+def fixture_spec(name: str, **extra: object) -> str:
+    """A small configuration of ``name`` using the 4-d fixture GloVe file."""
+    options = {"vocab_size": 50, "max_len": 6, "embeddings": str(GLOVE), **extra}
+    return f"{name}[{','.join(f'{k}={v}' for k, v in options.items())}]"
+
+
+class TestTokenizerAndVocabulary:
+    """The documented tokenizer, vocabulary and sequence rules."""
+
+    def test_tokenizer_lowercases_splits_clitics_and_drops_punctuation(self):
+        assert tokenize("He's here -- don't GO, 21st!") == ["he", "'s", "here", "don", "'t", "go", "21st"]
+        assert tokenize("It ’s 'quoted'") == ["it", "'s", "quoted"]
+
+    def test_vocab_specials_frequency_then_first_appearance(self):
+        vocab = build_vocab([["b", "a", "c"], ["a", "c", "d"]], vocab_size=5)
+        assert vocab == ("<pad>", "<unk>", "a", "c", "b")  # a, c twice; b before d by first appearance
+
+    def test_vocab_size_below_specials_is_config_error(self):
+        with pytest.raises(ConfigError, match="vocab_size"):
+            build_vocab([["a"]], vocab_size=1)
+        with pytest.raises(ConfigError, match="vocab_size"):
+            DATASETS.resolve("sst2[vocab_size=1]")
+
+    def test_encode_truncates_and_pads_at_the_end_with_unk(self):
+        vocab = ("<pad>", "<unk>", "a", "b")
+        ids = encode([["a", "zzz"], ["b", "a", "b", "a"]], vocab, 3)
+        assert ids.dtype == torch.int64
+        assert ids.tolist() == [[2, UNK_ID, PAD_ID], [3, 2, 3]]
+
+    def test_embedding_matrix_pad_zero_missing_words_seeded(self):
+        vocab = ("<pad>", "<unk>", "great", "notinglove")
+        matrix, meta = embedding_matrix(vocab, str(GLOVE))
+        again, _ = embedding_matrix(vocab, str(GLOVE))
+        assert matrix.shape == (4, 4) and meta["words_without_vector"] == 1
+        assert torch.equal(matrix[0], torch.zeros(4))
+        assert torch.allclose(matrix[2], torch.tensor([1.0, 0.9, 0.0, 0.0]))
+        assert torch.equal(matrix, again) and float(matrix[3].abs().max()) <= 0.25
+
+
+class TestTextDatasets:
+    """Parsing the canonical layouts of the fixture copies."""
+
+    def test_sst5_root_labels_and_ptb_tokens(self):
+        data = load(fixture_spec("sst5"))
+        assert data.info.modality == "text" and data.info.num_classes == 5 and data.info.shape == (6,)
+        assert data.train.y.tolist() == [4, 0, 2, 3, 1, 4, 0] and len(data.val) == 2 and len(data.test) == 3
+        assert data.train.x.shape == (7, 6) and data.train.x.dtype == torch.int64
+        assert "bad" in data.info.vocab and data.info.embeddings.shape == (len(data.info.vocab), 4)
+
+    def test_sst2_drops_neutral_and_maps_labels(self):
+        data = load(fixture_spec("sst2"))
+        assert data.train.y.tolist() == [1, 0, 1, 0, 1, 0]
+        assert data.test.y.tolist() == [1, 0]
+
+    def test_mr_split_is_seeded_and_stratified(self):
+        first, second = load(fixture_spec("mr")), load(fixture_spec("mr"))
+        assert torch.equal(first.test.x, second.test.x) and torch.equal(first.train.x, second.train.x)
+        assert first.test.class_counts(2) == [1, 1]  # 10% of 20 sentences, one per class
+        assert first.meta["split"]["seed"] == 0 and first.meta["split"]["n_test"] == 2
+
+    def test_trec_coarse_and_fine(self):
+        assert load(fixture_spec("trec6")).train.y.tolist() == [1, 2, 3]
+        fine = load(fixture_spec("trec50"))
+        assert fine.info.num_classes == 50 and fine.info.class_names[int(fine.test.y[0])] == "NUM:date"
+
+    def test_ag_news_test_only_uses_seeded_split(self, tmp_path):
+        folder = tmp_path / "ag_news_csv"
+        folder.mkdir()
+        rows = [f'"{c}","title {i}","words of class {c} number {i}"' for i in range(10) for c in (1, 2, 3, 4)]
+        (folder / "test.csv").write_text("\n".join(rows) + "\n")
+        data = load(fixture_spec("ag_news"), tmp_path)
+        assert data.test.class_counts(4) == [1, 1, 1, 1] and "test.csv" in data.meta["split"]["policy"] + str(
+            data.meta["split"]["source"]
+        )
+
+
+class TestBadInput:
+    """Malformed files, empty splits and bad embeddings fail with the file and line named."""
+
+    def test_bad_ptb_tree_names_file_and_line(self, tmp_path):
+        shutil.copytree(FIXTURES / "sst", tmp_path / "sst")
+        (tmp_path / "sst" / "trees" / "dev.txt").write_text("(3 (2 good) (2 fun))\nnot a tree\n")
+        with pytest.raises(DataError, match=r"dev\.txt, line 2"):
+            load(fixture_spec("sst2"), tmp_path)
+
+    def test_bad_trec_line_names_file_and_line(self, tmp_path):
+        (tmp_path / "trec").mkdir()
+        (tmp_path / "trec" / "train_5500.label").write_text("HUM:ind Who ?\nno label here\n")
+        (tmp_path / "trec" / "TREC_10.label").write_text("HUM:ind Who ?\n")
+        with pytest.raises(DataError, match=r"train_5500\.label, line 2"):
+            load(fixture_spec("trec6"), tmp_path)
+
+    def test_empty_split_is_data_error(self, tmp_path):
+        shutil.copytree(FIXTURES / "sst", tmp_path / "sst")
+        (tmp_path / "sst" / "trees" / "test.txt").write_text("")
+        with pytest.raises(DataError, match="test split .* is empty"):
+            load(fixture_spec("sst2"), tmp_path)
+
+    def test_missing_files_name_path_and_address(self, tmp_path):
+        with pytest.raises(DataError, match="rt-polarity.neg.*cornell"):
+            load(fixture_spec("mr"), tmp_path)
+
+    def test_glove_inconsistent_dimensions_names_file_and_line(self):
+        with pytest.raises(DataError, match=r"glove_bad_dim\.txt, line 2"):
+            load(fixture_spec("sst2", embeddings=FIXTURES / "glove_bad_dim.txt"))
+
+
+class TestTextNetworks:
+    """TextCNN, bi-RNN and bi-LSTM take token ids and embedding-space input."""
+
+    @pytest.mark.parametrize("name", ["textcnn", "birnn[hidden=8]", "bilstm[hidden=8]"])
+    def test_ids_and_embeddings_give_logits(self, name):
+        from distillbench.harness.networks import build_network
+        from distillbench.harness.seeding import torch_generator
+
+        data = load(fixture_spec("sst5"))
+        net = build_network(name, data.info, torch_generator(0))
+        again = build_network(name, data.info, torch_generator(0))
+        pairs = zip(net.state_dict().values(), again.state_dict().values(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
+        net.eval()
+        ids = data.train.x[:3]
+        assert net(ids).shape == (3, 5) and net(torch.randn(2, 6, 4)).shape == (2, 5)
+        # Looking up the ids by hand and feeding the embeddings gives the same logits.
+        assert torch.allclose(net(ids), net(data.info.embeddings[ids]), atol=1e-6)
+
+    def test_text_network_rejects_image_data(self, digits):
+        from distillbench.harness.networks import resolve_network
+
+        with pytest.raises(IncompatibleError, match="text"):
+            resolve_network("textcnn").validate(digits.info)
+
+
+class TestMethodsOnText:
+    """random and dd on a text fixture; the protocol and ``show``."""
+
+    def test_random_and_dd_run_under_text_protocols(self, tmp_path, capsys):
+        from distillbench.harness.cli import main
+        from distillbench.harness.protocols import TEXT_V1
+        from distillbench.harness.runner import run_trial
+        from distillbench.harness.spec import TrialSpec
+
+        tiny = dataclasses.replace(TEXT_V1, name="tiny-text", epochs=3, n_models=2)
+        dataset = fixture_spec("sst2")
+        with temp_plugin("protocols", "tiny-text", tiny):
+            [row] = run_trial(
+                TrialSpec(dataset=dataset, method="random", ipc=2, protocol="tiny-text"),
+                device="cpu",
+                data_root=FIXTURES,
+            )
+            assert row["status"] == "ok", row.get("error")
+            assert len(row["acc_per_class"]) == 2 and row["n_eval_models"] == 2
+            out = tmp_path / "dd.safetensors"
+            method = (
+                "dd[net=textcnn[filters=4],epochs=2,batch_size=4,distill_steps=1,distill_epochs=2,soft_labels=true]"
+            )
+            [row] = run_trial(
+                TrialSpec(dataset=dataset, method=method, ipc=1, protocol="tiny-text"),
+                device="cpu",
+                set_path=out,
+                data_root=FIXTURES,
+            )
+            assert row["status"] == "ok", row.get("error")
+            assert main(["show", str(out), "--data-root", str(FIXTURES)]) == 0
+        [replayed] = run_trial(
+            TrialSpec(dataset=dataset, method=method, ipc=1, protocol="dd-replay-v1"), device="cpu", data_root=FIXTURES
+        )
+        assert replayed["status"] == "ok" and replayed["n_eval_models"] == 1, replayed.get("error")
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert "embedding space" in lines[0] and len(lines) == 3
+        assert len(lines[1].split(": ", 1)[1].split()) == 6  # one nearest word per position
+
+    def test_sentence_words_maps_ids_and_nearest_embeddings(self):
+        data = load(fixture_spec("sst2"))
+        info = data.info
+        great = info.vocab.index("great")
+        ids = torch.tensor([[great, PAD_ID]])
+        assert sentence_words(ids, info) == [["great", "<pad>"]]
+        near = info.embeddings[great] * 3 + 0.01  # same direction, other scale
+        words = sentence_words(near.view(1, 1, -1), info)
+        assert words == [["great"]]
+
+    def test_dd_on_text_needs_a_text_network(self):
+        from distillbench.harness.spec import TrialSpec
+
+        with pytest.raises(IncompatibleError, match="lenet"):
+            TrialSpec(dataset=fixture_spec("sst2"), method="dd", ipc=1, protocol="text-v1").resolve()
+
+
+@pytest.mark.realdata
+class TestRealText:
+    """SST-2 and MR from ../shared/data with the packaged GloVe vectors."""
+
+    @needs_shared_data("sst")
+    def test_sst2_counts(self):
+        from tests.conftest import SHARED_DATA
+
+        data = load("sst2", SHARED_DATA)
+        assert (len(data.train), len(data.val), len(data.test)) == (6920, 872, 1821)
+        assert data.info.embeddings.shape == (5000, 50) and data.meta["words_without_vector"] < 50
+
+    @needs_shared_data("rt-polaritydata")
+    def test_mr(self):
+        from tests.conftest import SHARED_DATA
+
+        data = load("mr", SHARED_DATA)
+        assert len(data.train) + len(data.val) + len(data.test) == 10662
+        assert data.test.class_counts(2) == [533, 533]
+        assert np.isclose(float(data.train.y.float().mean()), 0.5, atol=0.01)
