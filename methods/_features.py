@@ -23,15 +23,16 @@ stream the calling method uses for anything else, and the same seed always gives
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillbench.harness.networks import build_network
+from distillbench.harness.networks import build_network, resolve_network
 from distillbench.harness.seeding import derive_seed, torch_generator
-from distillbench.harness.types import Context, DataBundle
+from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
+from distillbench.methods.base import DistillationMethod
 
 FeatureKind = Literal["pixels", "random", "trained"]
 FEATURE_KINDS: tuple[str, ...] = ("pixels", "random", "trained")
@@ -136,3 +137,43 @@ class FeatureParams:
     def __post_init__(self) -> None:
         if self.train_epochs < 1:
             raise ValueError(f"train_epochs must be at least 1, got {self.train_epochs}")
+
+
+class FeatureSelection(DistillationMethod):
+    """Base of coreset methods that pick ``ipc`` real samples per class by an order in a feature space.
+
+    Subclasses set ``Params`` (a :class:`FeatureParams`) and implement :meth:`order`. Deterministic
+    given ``ctx.seed``; the selected training indices are recorded in ``meta["indices"]``
+    (class-major, pick order within a class).
+    """
+
+    modalities: ClassVar[frozenset[str]] = frozenset({"image"})
+    test_config: ClassVar[dict[str, Any]] = {"train_epochs": 1, "net": "convnet[width=16]"}
+
+    @staticmethod
+    def order(feats: torch.Tensor, k: int) -> torch.Tensor:
+        """Positions (into ``feats`` of one class) of the first ``k`` picks, in pick order."""
+        raise NotImplementedError
+
+    def validate(self, info: DatasetInfo, ipc: int) -> None:
+        super().validate(info, ipc)
+        if self.params.features != "pixels":
+            resolve_network(self.params.net).validate(info)
+
+    def distill(self, data: DataBundle, ipc: int, ctx: Context) -> DistilledSet:
+        from distillbench.methods.random import check_class_sizes
+
+        check_class_sizes(data, ipc, self.name)
+        p = self.params
+        ctx.report(0.0, f"extracting {p.features} features")
+        feats = features(data, data.train.x, p.features, ctx, net=p.net, train_epochs=p.train_epochs)
+        chosen = []
+        for c, members in enumerate(data.class_indices()):
+            chosen.append(members[self.order(feats[members], ipc)])
+            ctx.report((c + 1) / data.info.num_classes, f"{self.name}: class {c}")
+        indices = torch.cat(chosen)
+        return DistilledSet(
+            x=data.train.x[indices].clone(),
+            y=data.train.y[indices].clone(),
+            meta={"indices": indices.tolist(), "features": p.features},
+        )

@@ -24,16 +24,11 @@ with ``features="pixels"``, the same for every seed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
 
 import torch
 
-from distillbench.harness.networks import resolve_network
 from distillbench.harness.plugins import register_method
-from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
-from distillbench.methods._features import FeatureParams, features
-from distillbench.methods.base import DistillationMethod
-from distillbench.methods.random import check_class_sizes
+from distillbench.methods._features import FeatureParams, FeatureSelection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +73,7 @@ def kcenter_order(feats: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @register_method("kcenter")
-class KCenter(DistillationMethod):
+class KCenter(FeatureSelection):
     """K-Center coreset: ``ipc`` real samples per class chosen by greedy farthest-point selection.
 
     The default feature space is the embedding of a ConvNet trained on the real training split
@@ -89,26 +84,4 @@ class KCenter(DistillationMethod):
 
     name = "kcenter"
     Params = KCenterParams
-    modalities: ClassVar[frozenset[str]] = frozenset({"image"})
-    test_config: ClassVar[dict[str, Any]] = {"train_epochs": 1, "net": "convnet[width=16]"}
-
-    def validate(self, info: DatasetInfo, ipc: int) -> None:
-        super().validate(info, ipc)
-        if self.params.features != "pixels":
-            resolve_network(self.params.net).validate(info)
-
-    def distill(self, data: DataBundle, ipc: int, ctx: Context) -> DistilledSet:
-        check_class_sizes(data, ipc, self.name)
-        p = self.params
-        ctx.report(0.0, f"extracting {p.features} features")
-        feats = features(data, data.train.x, p.features, ctx, net=p.net, train_epochs=p.train_epochs)
-        chosen = []
-        for c, members in enumerate(data.class_indices()):
-            chosen.append(members[kcenter_order(feats[members], ipc)])
-            ctx.report((c + 1) / data.info.num_classes, f"k-center class {c}")
-        indices = torch.cat(chosen)
-        return DistilledSet(
-            x=data.train.x[indices].clone(),
-            y=data.train.y[indices].clone(),
-            meta={"indices": indices.tolist(), "features": p.features},
-        )
+    order = staticmethod(kcenter_order)
