@@ -223,6 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         board = build_leaderboard([results], results / "leaderboard")
         print(f"leaderboard: {board.markdown_path}")
         print(f"             {board.csv_path}")
+        print(f"             {board.html_path}")
     if outcome.interrupted:
         print("interrupted: run the same command again to finish the missing trials", file=sys.stderr)
         return 130
