@@ -206,7 +206,7 @@ def run_trial(
         torch.cuda.reset_peak_memory_stats(device)
     try:
         resolved = spec.resolve()
-        row.update(_identity(resolved))
+        row.update(identity_columns(resolved))
         data = load_data(resolved, data_root or default_data_root(), download=download)
         row["train_class_counts"] = data.train.class_counts(data.info.num_classes)
         dset, distill_seconds, reused = None, 0.0, False
@@ -257,10 +257,14 @@ def _save_at(path: Path, dset: DistilledSet, meta: dict[str, Any]) -> None:
     store.save_set(path.parent, path.stem, dset, meta)
 
 
-def _identity(resolved: ResolvedTrial) -> dict[str, Any]:
+def identity_columns(resolved: ResolvedTrial) -> dict[str, Any]:
+    """The identity columns of a trial's rows (the same for every row and every outcome)."""
     from distillbench.harness.params import params_to_dict
 
     return {
+        "grid": resolved.spec.grid,
+        "ipc": resolved.spec.ipc,
+        "seed": resolved.spec.seed,
         "trial_id": resolved.trial_id,
         "distill_id": resolved.distill_id,
         "dataset": resolved.dataset.display,

@@ -104,27 +104,11 @@ class _RowWriter(tune.Callback):
         error = f"trial failed in Ray after retries: {getattr(trial, 'error_file', None) or 'worker lost'}"
         message = _ray_error_text(trial) or error
         try:
+            from distillbench.harness.runner import identity_columns
             from distillbench.harness.spec import TrialSpec
 
             resolved = TrialSpec.from_dict(spec).resolve()
-            row = {
-                "trial_id": resolved.trial_id,
-                "distill_id": resolved.distill_id,
-                "grid": resolved.spec.grid,
-                "dataset": resolved.dataset.display,
-                "method": resolved.method.display,
-                "method_name": resolved.method.name,
-                "weighting": resolved.weighting.display,
-                "labels": resolved.labels.display,
-                "ipc": resolved.spec.ipc,
-                "seed": resolved.spec.seed,
-                "protocol": resolved.protocol.name,
-                "protocol_version": resolved.protocol.version,
-                "eval_network": resolved.protocol.network,
-                "status": "error",
-                "error": message,
-            }
-            store.write_row(self.results, row)
+            store.write_row(self.results, {**identity_columns(resolved), "status": "error", "error": message})
         finally:
             self.progress.finished(trial.trial_id, "error", message)
 
