@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillbench.harness.augment import DSA
+from distillbench.harness.metrics import BIAS_COLUMNS, bias_metrics, has_bias_groups, is_long_tailed, shot_metrics
 from distillbench.harness.networks import build_network
-from distillbench.harness.protocols import EvalProtocol
+from distillbench.harness.protocols import EvalProtocol, replays_set
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import DataBundle, DatasetInfo, DistilledSet, Split
 
@@ -55,6 +56,9 @@ class EvalResult:
             class absent from the test split).
         val_acc_per_model: validation-split accuracy of each model (``nan`` if the split is empty).
         seconds: wall time of the whole evaluation.
+        acc_aligned, acc_conflicting, acc_worst_group: bias-group accuracies averaged over the models,
+            for test splits with bias groups (``None`` otherwise); see :mod:`~distillbench.harness.metrics`.
+        acc_many, acc_medium, acc_few: shot-group accuracies for long-tailed data (``None`` otherwise).
     """
 
     network: str
@@ -62,6 +66,12 @@ class EvalResult:
     acc_per_class: list[float]
     val_acc_per_model: list[float]
     seconds: float
+    acc_aligned: float | None = None
+    acc_conflicting: float | None = None
+    acc_worst_group: float | None = None
+    acc_many: float | None = None
+    acc_medium: float | None = None
+    acc_few: float | None = None
 
     @property
     def acc_mean(self) -> float:
@@ -192,6 +202,30 @@ def train_on_set(
     return model.eval()
 
 
+def correct_mask(model: nn.Module, split: Split, *, device: torch.device | str, batch_size: int = 1024) -> torch.Tensor:
+    """Bool ``[n]`` on ``device``: whether ``model`` classifies each sample of ``split`` correctly."""
+    device = torch.device(device)
+    x = split.x.to(device=device, dtype=torch.float32)
+    y = split.y.to(device=device, dtype=torch.long)
+    model.eval()
+    out = torch.zeros(y.shape[0], dtype=torch.bool, device=device)
+    with torch.no_grad():
+        for start in range(0, y.shape[0], batch_size):
+            pred = model(x[start : start + batch_size]).argmax(dim=1)
+            out[start : start + batch_size] = pred == y[start : start + batch_size]
+    return out
+
+
+def _accuracy_from_mask(correct: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[float, list[float]]:
+    if y.numel() == 0:
+        return math.nan, [math.nan] * num_classes
+    y = y.to(device=correct.device, dtype=torch.long)
+    hits = torch.bincount(y[correct], minlength=num_classes)
+    total = torch.bincount(y, minlength=num_classes)
+    per_class = [c / t if t > 0 else math.nan for c, t in zip(hits.tolist(), total.tolist(), strict=True)]
+    return int(hits.sum()) / int(y.numel()), per_class
+
+
 def accuracy(
     model: nn.Module,
     split: Split,
@@ -213,21 +247,59 @@ def accuracy(
         The fraction of correct predictions and, for each class, the fraction of its samples predicted
         correctly (``nan`` for a class without samples; everything ``nan`` for an empty split).
     """
-    device = torch.device(device)
-    x = split.x.to(device=device, dtype=torch.float32)
-    y = split.y.to(device=device, dtype=torch.long)
-    if y.numel() == 0:
-        return math.nan, [math.nan] * num_classes
-    model.eval()
-    correct = torch.zeros(num_classes, dtype=torch.long, device=device)
-    with torch.no_grad():
-        for start in range(0, y.shape[0], batch_size):
-            pred = model(x[start : start + batch_size]).argmax(dim=1)
-            yb = y[start : start + batch_size]
-            correct += torch.bincount(yb[pred == yb], minlength=num_classes)
-    total = torch.bincount(y, minlength=num_classes)
-    per_class = [c / t if t > 0 else math.nan for c, t in zip(correct.tolist(), total.tolist(), strict=True)]
-    return int(correct.sum()) / int(y.numel()), per_class
+    correct = correct_mask(model, split, device=device, batch_size=batch_size)
+    return _accuracy_from_mask(correct, split.y, num_classes)
+
+
+class Scorer:
+    """Tests trained models on a dataset's test and validation splits and gathers every metric.
+
+    Both engines (training here, replay in :mod:`~distillbench.harness.replay`) feed it one model at a
+    time, so a metric is defined once for all protocols.
+    """
+
+    def __init__(self, data: DataBundle, device: torch.device) -> None:
+        self.num_classes = data.info.num_classes
+        self.device = device
+        # Move the real splits once; every model then finds them on the device.
+        self.test = Split(data.test.x.to(device), data.test.y.to(device), dict(data.test.groups))
+        self.val = Split(data.val.x.to(device), data.val.y.to(device))
+        self.bias = has_bias_groups(data.test)
+        self.train_counts = data.train.class_counts(self.num_classes) if is_long_tailed(data.meta) else None
+        self.acc_per_model: list[float] = []
+        self.val_acc_per_model: list[float] = []
+        self._per_class: list[list[float]] = []
+        self._bias: list[dict[str, float]] = []
+
+    def add(self, model: nn.Module) -> float:
+        """Test one trained model; returns its test accuracy."""
+        correct = correct_mask(model, self.test, device=self.device)
+        acc, per_class = _accuracy_from_mask(correct, self.test.y, self.num_classes)
+        val_acc, _ = accuracy(model, self.val, self.num_classes, device=self.device)
+        self.acc_per_model.append(acc)
+        self.val_acc_per_model.append(val_acc)
+        self._per_class.append(per_class)
+        if self.bias:
+            self._bias.append(bias_metrics(correct, self.test))
+        return acc
+
+    def result(self, network: str, seconds: float) -> EvalResult:
+        """The :class:`EvalResult` over the models added so far."""
+        n = len(self.acc_per_model)
+        acc_per_class = [sum(col) / n for col in zip(*self._per_class, strict=True)]
+        extra: dict[str, float] = {}
+        if self._bias:
+            extra |= {key: statistics.fmean(m[key] for m in self._bias) for key in BIAS_COLUMNS}
+        if self.train_counts is not None:
+            extra |= shot_metrics(acc_per_class, self.train_counts)
+        return EvalResult(
+            network=network,
+            acc_per_model=self.acc_per_model,
+            acc_per_class=acc_per_class,
+            val_acc_per_model=self.val_acc_per_model,
+            seconds=seconds,
+            **extra,
+        )
 
 
 def evaluate(
@@ -264,8 +336,9 @@ def evaluate(
         >>> result = evaluate(replace(QUICK_V1, epochs=50), dset, data, seed=0)  # doctest: +SKIP
         >>> print(f"{result.acc_mean:.3f} +- {result.acc_std:.3f}")  # doctest: +SKIP
     """
-    if getattr(protocol, "engine", "train") == "replay":
-        # Replay protocols (dd-replay-v1) re-apply a set's learned inner steps instead of training.
+    if replays_set(protocol, dset):
+        # Replay protocols (dd-replay-v1), and text-v1 for sets with learned steps (dd), re-apply a
+        # set's learned inner steps instead of training.
         from distillbench.harness.replay import replay
 
         return replay(protocol, dset, data, seed=seed, device=device, progress=progress, network=network)
@@ -276,28 +349,11 @@ def evaluate(
     info = data.info
     _check_inputs(protocol, dset, info)
     device = torch.device(device)
-    # Move the real splits once; accuracy() then finds them on the device for every model.
-    test = Split(data.test.x.to(device), data.test.y.to(device))
-    val = Split(data.val.x.to(device), data.val.y.to(device))
-
-    acc_per_model: list[float] = []
-    val_acc_per_model: list[float] = []
-    per_class_sums = [0.0] * info.num_classes
+    scorer = Scorer(data, device)
     for k in range(protocol.n_models):
         generator = torch_generator(derive_seed(seed, "eval", protocol.name, protocol.version, k), "cpu")
         model = train_on_set(protocol, dset, info, generator=generator, device=device, network=network)
-        acc, per_class = accuracy(model, test, info.num_classes, device=device)
-        val_acc, _ = accuracy(model, val, info.num_classes, device=device)
-        acc_per_model.append(acc)
-        val_acc_per_model.append(val_acc)
-        per_class_sums = [s + a for s, a in zip(per_class_sums, per_class, strict=True)]
+        acc = scorer.add(model)
         if progress is not None:
             progress((k + 1) / protocol.n_models, f"eval model {k + 1}/{protocol.n_models}: test acc {acc:.4f}")
-
-    return EvalResult(
-        network=network,
-        acc_per_model=acc_per_model,
-        acc_per_class=[s / protocol.n_models for s in per_class_sums],
-        val_acc_per_model=val_acc_per_model,
-        seconds=time.perf_counter() - start_time,
-    )
+    return scorer.result(network, time.perf_counter() - start_time)

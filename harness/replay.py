@@ -38,13 +38,13 @@ from torch import nn
 from torch.func import functional_call
 
 from distillbench.harness.errors import ConfigError
-from distillbench.harness.evaluate import EvalResult, _check_inputs, accuracy
+from distillbench.harness.evaluate import EvalResult, Scorer, _check_inputs
 from distillbench.harness.networks import build_network, resolve_network
-from distillbench.harness.protocols import FROM_SET, EvalProtocol
+from distillbench.harness.protocols import FROM_SET, LEARNED_STEP_EXTRAS, EvalProtocol
 from distillbench.harness.seeding import derive_seed, torch_generator
-from distillbench.harness.types import DataBundle, DistilledSet, Split
+from distillbench.harness.types import DataBundle, DistilledSet
 
-REQUIRED_EXTRAS = ("lrs", "step_of_sample")
+REQUIRED_EXTRAS = LEARNED_STEP_EXTRAS
 INITS = ("fixed", "random")
 
 
@@ -172,7 +172,7 @@ def replay(
     """Score ``dset`` by replaying its learned steps (see the module docstring).
 
     Args:
-        protocol: a protocol with ``engine="replay"`` (``dd-replay-v1``).
+        protocol: a protocol with ``engine="replay"`` (``dd-replay-v1``) or ``"replay_or_train"`` (``text-v1``).
         dset: a set distilled by ``dd`` (extras ``lrs`` and ``step_of_sample``; meta ``net``, ``init``
             and, for a fixed init, ``init_seed``).
         data: the real dataset; test accuracy on ``data.test``, validation accuracy on ``data.val``.
@@ -202,14 +202,10 @@ def replay(
     device = torch.device(device)
     xs, ys = split_steps(dset, device)
     lrs = dset.extras["lrs"].detach().to(device=device, dtype=torch.float32)
-    test = Split(data.test.x.to(device), data.test.y.to(device))
-    val = Split(data.val.x.to(device), data.val.y.to(device))
+    scorer = Scorer(data, device)
 
     fixed = dset.meta["init"] == "fixed"
     n_models = 1 if fixed else protocol.n_models
-    acc_per_model: list[float] = []
-    val_acc_per_model: list[float] = []
-    per_class_sums = [0.0] * info.num_classes
     for k in range(n_models):
         init_seed = dset.meta["init_seed"] if fixed else derive_seed(seed, "eval", protocol.name, protocol.version, k)
         model = build_network(net, info, torch_generator(init_seed)).to(device)
@@ -217,21 +213,10 @@ def replay(
         with torch.no_grad():
             for name, param in model.named_parameters():
                 param.copy_(final[name])
-        acc, per_class = accuracy(model, test, info.num_classes, device=device)
-        val_acc, _ = accuracy(model, val, info.num_classes, device=device)
-        acc_per_model.append(acc)
-        val_acc_per_model.append(val_acc)
-        per_class_sums = [s + a for s, a in zip(per_class_sums, per_class, strict=True)]
+        acc = scorer.add(model)
         if progress is not None:
             progress((k + 1) / n_models, f"replay model {k + 1}/{n_models}: test acc {acc:.4f}")
-
-    return EvalResult(
-        network=net,
-        acc_per_model=acc_per_model,
-        acc_per_class=[s / n_models for s in per_class_sums],
-        val_acc_per_model=val_acc_per_model,
-        seconds=time.perf_counter() - start_time,
-    )
+    return scorer.result(net, time.perf_counter() - start_time)
 
 
 __all__ = ["FROM_SET", "check_replayable", "inner_loss", "replay", "split_steps", "unroll"]

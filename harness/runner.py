@@ -260,6 +260,7 @@ def _save_at(path: Path, dset: DistilledSet, meta: dict[str, Any]) -> None:
 def identity_columns(resolved: ResolvedTrial) -> dict[str, Any]:
     """The identity columns of a trial's rows (the same for every row and every outcome)."""
     from distillbench.harness.params import params_to_dict
+    from distillbench.harness.protocols import replays_method
 
     return {
         "grid": resolved.spec.grid,
@@ -276,10 +277,10 @@ def identity_columns(resolved: ResolvedTrial) -> dict[str, Any]:
         "labels": resolved.labels.display,
         "protocol": resolved.protocol.name,
         "protocol_version": resolved.protocol.version,
-        # Replay protocols train the set's own network; name it even on rows that fail before evaluation.
+        # Replayed sets train their own network; name it even on rows that fail before evaluation.
         "eval_network": (
             getattr(resolved.method.params, "net", resolved.protocol.network)
-            if getattr(resolved.protocol, "engine", "train") == "replay"
+            if replays_method(resolved.protocol, resolved.method.obj)
             else resolved.protocol.network
         ),
         "spec_json": json.dumps(resolved.canonical(), sort_keys=True),
@@ -299,6 +300,7 @@ def evaluate_set(
 ) -> dict[str, Any]:
     """Evaluate ``dset`` under ``protocol`` (on ``network``, default its primary one); metric and cost columns."""
     from distillbench.harness.evaluate import evaluate
+    from distillbench.harness.metrics import BIAS_COLUMNS, SHOT_COLUMNS
 
     result = evaluate(protocol, dset, data, seed=seed, device=device, progress=progress, network=network)
     return {
@@ -310,8 +312,7 @@ def evaluate_set(
         "eval_seconds": result.seconds,
         "n_eval_models": len(result.acc_per_model),
         "eval_network": result.network,
-        **{k: getattr(result, k) for k in ("acc_aligned", "acc_conflicting", "acc_worst_group") if hasattr(result, k)},
-        **{k: getattr(result, k) for k in ("acc_many", "acc_medium", "acc_few") if hasattr(result, k)},
+        **{k: getattr(result, k) for k in (*BIAS_COLUMNS, *SHOT_COLUMNS)},
     }
 
 
