@@ -16,7 +16,6 @@ under convnet-v1 (K = 20 models, 1000 epochs).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -24,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from distillbench.harness.plugins import PROTOCOLS
-from distillbench.harness.protocols import CONVNET_V1
+from distillbench.harness.protocols import CPU_REDUCED_V1
 from distillbench.harness.runner import run_trial
 from distillbench.harness.spec import TrialSpec
 
@@ -68,19 +66,8 @@ PAPER = {name: name for name in REDUCED}
 
 
 def reduced_protocol() -> str:
-    """Register (once) a narrower, shorter copy of convnet-v1 for CPU fidelity runs and return its name."""
-    protocol = dataclasses.replace(
-        CONVNET_V1,
-        name="convnet-v1-cpu-reduced",
-        networks=("convnet[width=32]",),
-        epochs=100,
-        n_models=3,
-        quick=True,
-        description="CPU-reduced convnet-v1: ConvNet-3 width 32, 100 epochs, K=3 (fidelity script only)",
-    )
-    if protocol.name not in PROTOCOLS:
-        PROTOCOLS.add(protocol.name, protocol, origin="benchmarks/fidelity.py")
-    return protocol.name
+    """The built-in CPU stand-in for convnet-v1 (ConvNet-3 width 32, 100 epochs, K=3)."""
+    return CPU_REDUCED_V1.name
 
 
 def main(argv: list[str] | None = None) -> int:

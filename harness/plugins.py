@@ -86,6 +86,7 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
     PROTOCOLS: {
         "convnet-v1": "distillbench.harness.protocols:CONVNET_V1",
         "quick-v1": "distillbench.harness.protocols:QUICK_V1",
+        "convnet-v1-cpu-reduced": "distillbench.harness.protocols:CPU_REDUCED_V1",
         "dd-replay-v1": "distillbench.harness.protocols:DD_REPLAY_V1",
         "text-v1": "distillbench.harness.protocols:TEXT_V1",
     },

@@ -98,6 +98,19 @@ QUICK_V1 = EvalProtocol(
     description=("QUICK demo/CI recipe, not comparable to papers: convnet-v1 with 300 epochs and K=3 models"),
 )
 
+# The CPU stand-in for convnet-v1 used for the evidence in this repository (benchmarks/fidelity.py,
+# configs/bias.yaml, configs/longtail.yaml): the same recipe on a ConvNet-3 of width 32, for 100
+# epochs, with K=3 models. Marked quick, so every table that shows it says it is not the paper protocol.
+CPU_REDUCED_V1 = EvalProtocol(
+    name="convnet-v1-cpu-reduced",
+    version=1,
+    networks=("convnet[width=32]",),
+    epochs=100,
+    n_models=3,
+    quick=True,
+    description="CPU-reduced convnet-v1, not comparable to papers: ConvNet-3 width 32, 100 epochs, K=3 models",
+)
+
 # The network trained under a replay protocol is the set's own (``meta["net"]``); this placeholder
 # stands in ``networks`` so that a protocol always names its networks.
 FROM_SET = "from-set"

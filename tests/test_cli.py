@@ -152,7 +152,13 @@ class TestCommands:
         assert run_cli(capsys, "ls", "methods", "d*")[1].split() == ["dc", "dd", "dm", "dsa"]
         listed = run_cli(capsys, "ls", "protocols")[1].split()
         # tests/conftest.py registers "tiny-test" for the whole session; the rest are the built-ins
-        assert [p for p in listed if p != "tiny-test"] == ["convnet-v1", "dd-replay-v1", "quick-v1", "text-v1"]
+        assert [p for p in listed if p != "tiny-test"] == [
+            "convnet-v1",
+            "convnet-v1-cpu-reduced",
+            "dd-replay-v1",
+            "quick-v1",
+            "text-v1",
+        ]
 
     def test_describe_shows_parameters(self, capsys):
         """describe prints the docstring and typed parameters with defaults."""
