@@ -7,16 +7,9 @@ Published numbers shown beside the reproduced ones live in ``reported.yaml`` (se
 
 from __future__ import annotations
 
-from distillbench.leaderboard.build import (
-    Cell,
-    CostRow,
-    LeaderboardResult,
-    Provenance,
-    Table,
-    TableRow,
-    build_leaderboard,
-)
+from distillbench.leaderboard.build import LeaderboardResult, build_leaderboard
 from distillbench.leaderboard.reported import ReportedNumber, load_reported
+from distillbench.leaderboard.tables import Cell, CostRow, Provenance, Table, TableRow
 
 __all__ = [
     "Cell",

@@ -23,10 +23,21 @@ import html
 import math
 import platform
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from distillbench.leaderboard.build import CostRow, Provenance, Table
+from distillbench.leaderboard.markdown import INTRO, format_bytes, format_hours
+from distillbench.leaderboard.stats import ALPHA, MIN_SEEDS
+from distillbench.leaderboard.tables import (
+    BIAS_METRICS,
+    LONGTAIL_METRICS,
+    MARK,
+    MISSING,
+    CostRow,
+    Provenance,
+    Table,
+    config_label,
+    distinct_reported,
+)
 
 PALETTE = (
     "#1f77b4",
@@ -151,7 +162,7 @@ def render_html(
     """The leaderboard as one self-contained HTML page.
 
     Args:
-        tables: tables from :func:`~distillbench.leaderboard.build.build_tables`.
+        tables: tables from :func:`~distillbench.leaderboard.tables.build_tables`.
         failures: failure dicts as in :class:`~distillbench.leaderboard.build.LeaderboardResult`.
         n_rows: rows read.
         n_ok: rows in the tables.
@@ -164,8 +175,6 @@ def render_html(
     Returns:
         The HTML document.
     """
-    from distillbench.leaderboard import build
-
     generated_at = generated_at or datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     datasets = sorted({t.dataset for t in tables} | {c.dataset for c in cost})
     protocols = sorted({t.protocol_id for t in tables} | {c.protocol_id for c in cost})
@@ -202,12 +211,12 @@ def render_html(
     if not tables:
         out.append("<p>No results" + (" match the filters." if filters else " to show.") + "</p>")
     else:
-        out.append(f'<p class="muted">{_inline_md(build.INTRO)}</p>')
+        out.append(f'<p class="muted">{_inline_md(INTRO)}</p>')
     for index, table in enumerate(tables):
         out += _table_section(table, index)
     if cost:
         out += _cost_section(cost)
-    numbers = build.distinct_reported(tables)
+    numbers = distinct_reported(tables)
     if numbers:
         sources = sorted({n.source.key: n.source for n in numbers}.values(), key=lambda s: s.key)
         out.append("<h2>Reported numbers: sources</h2><ul>")
@@ -216,7 +225,7 @@ def render_html(
     if failures:
         out.append(f"<h2>Failures ({len(failures)})</h2><ul>")
         for f in failures:
-            label = build.config_label(f["method"], f["weighting"], f["labels"])
+            label = config_label(f["method"], f["weighting"], f["labels"])
             where = f"{f['dataset']}, {label}, ipc {f['ipc']}, seed {f['seed']}, {f['protocol']}"
             out.append(
                 f'<li data-dataset="{_e(f["dataset"])}" data-protocol="{_e(f["protocol"])}"><b>{_e(f["status"])}</b> '
@@ -230,8 +239,6 @@ def render_html(
 
 # ------------------------------------------------------------------------------------- sections
 def _table_section(table: Table, index: int) -> list[str]:
-    from distillbench.leaderboard import build
-
     attrs = f'data-dataset="{_e(table.dataset)}" data-protocol="{_e(table.protocol_id)}"'
     out = [f'<section class="board" id="table-{index}" {attrs}>', f"<h2>{_e(table.title)}</h2>"]
     if table.quick:
@@ -247,13 +254,13 @@ def _table_section(table: Table, index: int) -> list[str]:
         for ipc in table.ipcs:
             cell = row.cells.get(ipc)
             if cell is None:
-                tds.append(f'<td class="num" data-sort="">{build.MISSING}</td>')
+                tds.append(f'<td class="num" data-sort="">{MISSING}</td>')
                 continue
             classes = "num best" if cell.best else "num"
             title = f"p = {cell.p_value:.3g} vs the best (Welch, seed means)" if cell.p_value is not None else ""
             text = f"{cell.mean:.2f} \u00b1 {cell.std:.2f}"
             if cell.not_worse:
-                text += f' <span class="mark">{build.MARK}</span>'
+                text += f' <span class="mark">{MARK}</span>'
             text += f' <span class="n">(n={cell.n}, seeds={cell.n_seeds})</span>'
             if cell.reported is not None:
                 rep = cell.reported
@@ -267,14 +274,14 @@ def _table_section(table: Table, index: int) -> list[str]:
     out.append("</tbody></table></div>")
     if table.compared:
         legend = (
-            f"{build.MARK} not significantly worse than the best of its IPC column: two-sided Welch t-test over "
-            f"seed means, p \u2265 {build.ALPHA}."
+            f"{MARK} not significantly worse than the best of its IPC column: two-sided Welch t-test over "
+            f"seed means, p \u2265 {ALPHA}."
         )
         if table.untested:
             notes = "; ".join(f"IPC {ipc}: {note}" for ipc, note in sorted(table.untested.items()))
-            legend += f" No test possible (a test needs {build.MIN_SEEDS} seeds on both sides), so no mark: {notes}."
+            legend += f" No test possible (a test needs {MIN_SEEDS} seeds on both sides), so no mark: {notes}."
         out.append(f'<p class="muted">{_e(legend)}</p>')
-    for kind, metrics in (("Bias", build.BIAS_METRICS), ("Long tail", build.LONGTAIL_METRICS)):
+    for kind, metrics in (("Bias", BIAS_METRICS), ("Long tail", LONGTAIL_METRICS)):
         if table.has_metrics(metrics):
             out += _metric_table(table, kind, metrics)
     out.append("</section>")
@@ -313,8 +320,6 @@ def _metric_table(table: Table, kind: str, metrics: Sequence[tuple[str, str]]) -
 
 
 def _cost_section(cost: Sequence[CostRow]) -> list[str]:
-    from distillbench.leaderboard import build
-
     out = [
         "<h2>Cost</h2>",
         '<p class="muted">Distillation hours count each trial once (0 when the set was reused); evaluation hours '
@@ -329,9 +334,9 @@ def _cost_section(cost: Sequence[CostRow]) -> list[str]:
             f'<tr data-dataset="{_e(c.dataset)}" data-protocol="{_e(c.protocol_id)}">'
             f"<td>{_e(c.dataset)}</td><td>{_e(c.protocol_id)}</td><td>{_e(c.label)}</td>"
             f'<td class="num">{c.ipc}</td><td>{_e(c.device)}</td><td class="num">{c.trials}</td>'
-            f'<td class="num" data-sort="{c.distill_hours:.9f}">{build.format_hours(c.distill_hours)}</td>'
-            f'<td class="num" data-sort="{c.eval_hours:.9f}">{build.format_hours(c.eval_hours)}</td>'
-            f'<td class="num" data-sort="{size_key}">{_e(build.format_bytes(c.set_bytes))}</td></tr>'
+            f'<td class="num" data-sort="{c.distill_hours:.9f}">{format_hours(c.distill_hours)}</td>'
+            f'<td class="num" data-sort="{c.eval_hours:.9f}">{format_hours(c.eval_hours)}</td>'
+            f'<td class="num" data-sort="{size_key}">{_e(format_bytes(c.set_bytes))}</td></tr>'
         )
     out.append("</tbody></table></div>")
     return out
