@@ -56,6 +56,7 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
         "dc": "distillbench.methods.dc:GradientMatching",
         "dsa": "distillbench.methods.dsa:SiameseGradientMatching",
         "kcenter": "distillbench.methods.kcenter:KCenter",
+        "full": "distillbench.methods.full:FullData",
     },
     DATASETS: {
         "digits": "distillbench.datasets.digits:Digits",

@@ -9,7 +9,8 @@ Required:
 
 Optional hooks:
     validate(info, ipc): reject a dataset or ipc the method cannot handle, before anything runs.
-    num_samples(info, ipc): how many samples ``distill`` returns (default ``ipc * num_classes``).
+    num_samples(info, ipc): how many samples ``distill`` returns (default ``ipc * num_classes``;
+        ``None`` when only the loaded data tells, as for ``full``).
 
 Class attributes:
     Params: frozen dataclass of hyperparameters, defaults from the method's paper.
@@ -17,6 +18,7 @@ Class attributes:
     accepts_weights: whether ``ctx.weights`` (sample weights of the real data) are used.
     replayable: whether the sets carry learned inner steps (``extras["lrs"]``) that replay
         protocols such as ``dd-replay-v1`` train through.
+    uses_randomness: False for a method whose output does not depend on the seed (``full``).
     test_config: small ``Params`` overrides that make the method run in seconds on CPU; the
         conformance tests run every registered method with them.
 """
@@ -39,6 +41,7 @@ class DistillationMethod(abc.ABC):
     modalities: ClassVar[frozenset[str]] = frozenset({"image"})
     accepts_weights: ClassVar[bool] = False
     replayable: ClassVar[bool] = False
+    uses_randomness: ClassVar[bool] = True
     test_config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: Any | None = None) -> None:
@@ -55,8 +58,8 @@ class DistillationMethod(abc.ABC):
         if ipc < 1:
             raise ConfigError(f"ipc must be at least 1, got {ipc}")
 
-    def num_samples(self, info: DatasetInfo, ipc: int) -> int:
-        """Number of samples ``distill`` returns."""
+    def num_samples(self, info: DatasetInfo, ipc: int) -> int | None:
+        """Number of samples ``distill`` returns (``None``: it depends on the loaded data)."""
         return ipc * info.num_classes
 
     @abc.abstractmethod

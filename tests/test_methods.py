@@ -81,6 +81,8 @@ class TestConformance:
         out = run(method, digits, ipc, seed=0)
 
         n = method.num_samples(info, ipc)
+        if n is None:  # the size depends on the data (``full``): the whole training split
+            n = len(digits.train)
         assert isinstance(out, DistilledSet)
         assert out.x.shape == (n, *info.shape)
         assert bool(torch.isfinite(out.x).all())
@@ -95,7 +97,7 @@ class TestConformance:
         assert torch.equal(out.x, again.x)
         assert torch.equal(out.y, again.y)
 
-        if ipc == 2:
+        if ipc == 2 and method.uses_randomness:
             # At ipc 2 two seeds pick the same 20 samples only by a negligible chance.
             other = run(make_method(name), digits, ipc, seed=1)
             assert not torch.equal(out.x, other.x)
