@@ -13,14 +13,21 @@ Two engines score a set (``EvalProtocol.engine``):
   (DD / soft-label DD: extras ``lrs`` and ``step_of_sample``) to the network the set was distilled
   for, from its fixed initialisation or from K fresh ones; the set decides the network, the number
   of steps and the step sizes, so the training fields here (epochs, lr, momentum, ...) are unused.
+
+A protocol picks one of them per set with ``engine="replay_or_train"`` (``text-v1``): a set that
+carries learned steps (any of :data:`LEARNED_STEP_EXTRAS`) is replayed, any other set is trained
+on. This is how the text papers score their tables: distilled sentences through their learned
+steps, real-sentence baselines by ordinary training (:func:`replays_set`, :func:`replays_method`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
-ENGINES = ("train", "replay")
+ENGINES = ("train", "replay", "replay_or_train")
+# The extras a set needs to be replayed (DD's learned step sizes and the data step of each sample).
+LEARNED_STEP_EXTRAS = ("lrs", "step_of_sample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +50,12 @@ class EvalProtocol:
         n_models: K, the number of evaluation models, each from a seed derived from the trial seed.
         quick: True for short recipes meant for demos and CI; their numbers are not paper numbers.
         description: one line shown by ``describe`` and the leaderboard.
-        engine: ``train`` (train K networks with the fields above; :mod:`~distillbench.harness.evaluate`)
-            or ``replay`` (replay the set's learned steps; :mod:`~distillbench.harness.replay`). A
-            replay protocol's ``networks`` is ``("from-set",)``: the network is the one named in the
-            set's ``meta["net"]``, and that name is what the result row reports as its eval network.
+        engine: ``train`` (train K networks with the fields above; :mod:`~distillbench.harness.evaluate`),
+            ``replay`` (replay the set's learned steps; :mod:`~distillbench.harness.replay`) or
+            ``replay_or_train`` (replay sets with learned steps, train on the others). A replay
+            protocol's ``networks`` is ``("from-set",)``: the network is the one named in the set's
+            ``meta["net"]``, and that name is what the result row reports as its eval network (also
+            for the replayed sets of a ``replay_or_train`` protocol).
     """
 
     name: str
@@ -63,7 +72,7 @@ class EvalProtocol:
     n_models: int = 20
     quick: bool = False
     description: str = ""
-    engine: Literal["train", "replay"] = "train"
+    engine: Literal["train", "replay", "replay_or_train"] = "train"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -133,9 +142,11 @@ DD_REPLAY_V1 = EvalProtocol(
     ),
 )
 
-# Text datasets (METHODS.md section 2). Ordinary training of a TextCNN on any set (token ids of real
-# sentences or embedding-space distilled sentences); no augmentation. DD sets are replayed under
-# dd-replay-v1, which handles text sets as well (the paper's evaluation of DD / soft-label DD).
+# Text datasets (METHODS.md section 2), as issue 4 defines text-v1: sets with learned steps (dd,
+# soft-label dd) replay them on their own network (the paper's evaluation; K fresh initialisations,
+# or K = 1 for a fixed-init set), every other set (real sentences as token ids, or embedding-space
+# sentences) trains K TextCNNs with the recipe below; no augmentation. dd-replay-v1 (K = 200) still
+# replays text sets too.
 TEXT_V1 = EvalProtocol(
     name="text-v1",
     version=1,
@@ -150,6 +161,26 @@ TEXT_V1 = EvalProtocol(
     description=(
         "Text recipe: TextCNN (3/4/5 x 100, dropout 0.5) on frozen word vectors, SGD lr 0.01 momentum 0.9 "
         "wd 5e-4, batch 256, 300 epochs, lr x0.1 at half, no augmentation, K=10 models; takes token-id sets "
-        "(real sentences) and embedding-space sets (distilled); dd sets replay under dd-replay-v1"
+        "(real sentences) and embedding-space sets; sets with learned steps (dd) instead replay them on their "
+        "own network (K=10 fresh initialisations, K=1 for a fixed-init set)"
     ),
+    engine="replay_or_train",
 )
+
+
+def replays_set(protocol: Any, dset: Any) -> bool:
+    """Whether ``protocol`` scores ``dset`` by replaying its learned steps (else: by training on it).
+
+    A set with only some of :data:`LEARNED_STEP_EXTRAS` counts as replayable, so that the replay
+    engine reports what is missing instead of silently training on a damaged DD set.
+    """
+    engine = getattr(protocol, "engine", "train")
+    if engine == "replay_or_train":
+        return any(k in getattr(dset, "extras", {}) for k in LEARNED_STEP_EXTRAS)
+    return engine == "replay"
+
+
+def replays_method(protocol: Any, method: Any) -> bool:
+    """Whether ``protocol`` will replay the sets of ``method`` (a method class with ``replayable``)."""
+    engine = getattr(protocol, "engine", "train")
+    return engine == "replay" or (engine == "replay_or_train" and bool(getattr(method, "replayable", False)))
