@@ -236,9 +236,10 @@ class SST5(_TextDataset):
 
     def read_splits(self, root: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
         parts = []
-        for path in self.data_paths(root):
+        for split, path in zip(("train", "validation", "test"), self.data_paths(root), strict=True):
             texts, labels = read_ptb_trees(path, self.name)
             kept = [(t, m) for t, y in zip(texts, labels, strict=True) if (m := self.map_label(y)) is not None]
+            check_nonempty(self.name, split, len(kept), path)
             parts.append(([t for t, _ in kept], np.asarray([m for _, m in kept], dtype=np.int64)))
         meta = {"source": str(Path(root) / "sst" / "trees"), "split": {"policy": "official train / dev / test"}}
         return parts[0], parts[1], parts[2], meta
@@ -329,7 +330,10 @@ class _TREC(_TextDataset):
     def read_splits(self, root: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
         train_path, test_path = self.data_paths(root)
         meta = {"source": str(Path(root) / "trec"), "split": {"policy": "official train_5500 / TREC_10"}}
-        return self.read_file(train_path), None, self.read_file(test_path), meta
+        train, test = self.read_file(train_path), self.read_file(test_path)
+        check_nonempty(self.name, "train", len(train[0]), train_path)
+        check_nonempty(self.name, "test", len(test[0]), test_path)
+        return train, None, test, meta
 
 
 @register_dataset("trec6")
@@ -369,6 +373,7 @@ class IMDB(_TextDataset):
             for path in sorted((Path(root) / "aclImdb" / split / cls).glob("*.txt")):
                 texts.append(path.read_text(encoding="utf-8", errors="replace").replace("<br />", " "))
                 labels.append(label)
+        check_nonempty(self.name, split, len(texts), Path(root) / "aclImdb" / split / "{neg,pos}/*.txt")
         return texts, np.asarray(labels, dtype=np.int64)
 
     def read_splits(self, root: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
@@ -416,7 +421,10 @@ class AGNews(_TextDataset):
         test = self.read_csv(folder / "test.csv")
         if (folder / "train.csv").exists():
             meta = {"source": str(folder), "split": {"policy": "official train / test"}}
-            return self.read_csv(folder / "train.csv"), None, test, meta
+            train = self.read_csv(folder / "train.csv")
+            check_nonempty(self.name, "train", len(train[0]), folder / "train.csv")
+            check_nonempty(self.name, "test", len(test[0]), folder / "test.csv")
+            return train, None, test, meta
         check_nonempty(self.name, "test.csv", len(test[0]), folder / "test.csv")
         train, test, meta = seeded_test_split(test[0], test[1], str(folder / "test.csv"))
         return train, None, test, {**meta, "source": str(folder)}

@@ -115,6 +115,76 @@ class TestTextDatasets:
         )
 
 
+def write_imdb(root: Path, per_class: dict[str, int]) -> Path:
+    """A tiny fake ``aclImdb/{train,test}/{pos,neg}/*.txt`` tree (the archive's layout) under ``root``."""
+    words = {"pos": "a great fun film", "neg": "a bad dull film"}
+    for split in ("train", "test"):
+        for cls in ("neg", "pos"):
+            folder = root / "aclImdb" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class[split]):
+                (folder / f"{i}_{7 if cls == 'pos' else 2}.txt").write_text(f"{words[cls]}<br />review {i}.")
+    return root / "aclImdb"
+
+
+class TestIMDB:
+    """The IMDB loader on a fake tree; its download path is wired to the checked download, never run."""
+
+    def test_reads_official_splits_labels_and_br_tags(self, tmp_path):
+        write_imdb(tmp_path, {"train": 10, "test": 3})
+        data = load(fixture_spec("imdb", max_len=8), tmp_path)
+        assert data.info.num_classes == 2 and data.info.shape == (8,)
+        assert len(data.train) + len(data.val) == 20 and len(data.test) == 6
+        assert data.test.y.tolist() == [0, 0, 0, 1, 1, 1]  # neg = 0, pos = 1, files in sorted order
+        assert data.val.class_counts(2) == [1, 1]  # validation: a stratified 10% of train
+        assert data.meta["split"]["policy"] == "official train / test"
+        assert "br" not in data.info.vocab and "great" in data.info.vocab  # <br /> is a line break, not words
+
+    def test_default_max_len_is_the_paper_code_maxlen(self):
+        configured = DATASETS.resolve("imdb")
+        assert configured.obj(configured.params).info().shape == (400,)
+
+    def test_missing_tree_names_path_and_address(self, tmp_path):
+        with pytest.raises(DataError, match=r"aclImdb.*ai\.stanford\.edu/~amaas/data/sentiment/aclImdb_v1\.tar\.gz"):
+            load(fixture_spec("imdb"), tmp_path)
+
+    def test_download_is_checksummed_then_extracted(self, tmp_path, monkeypatch):
+        """prepare(download=True) fetches the recorded address through the md5-checked download and extracts it.
+
+        The network is replaced by a local archive; with the real md5 recorded, that archive is rejected.
+        """
+        import tarfile
+
+        from distillbench.datasets import _files, text
+
+        source = tmp_path / "src"
+        write_imdb(source, {"train": 10, "test": 2})
+        archive = tmp_path / "aclImdb_v1.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(source / "aclImdb", arcname="aclImdb")
+        fetched: list[str] = []
+
+        def fake_fetch(url: str, dest: Path, *, timeout: float = 60.0) -> None:
+            fetched.append(url)
+            shutil.copyfile(archive, dest)
+
+        monkeypatch.setattr(_files, "fetch_url", fake_fetch)
+        configured = DATASETS.resolve(fixture_spec("imdb"))
+        dataset = configured.obj(configured.params)
+        recorded = text.REMOTE["imdb"]
+        assert recorded["md5"] == "7c2ac02c03563afcf9b574c7e56c153a"
+
+        root = tmp_path / "root"
+        with pytest.raises(DataError, match="md5 mismatch"):  # the fake archive is not the official one
+            dataset.prepare(root, download=True)
+        assert fetched == [recorded["url"]] and not (root / "aclImdb_v1.tar.gz").exists()
+
+        monkeypatch.setitem(text.REMOTE, "imdb", {**recorded, "md5": _files.md5sum(archive)})
+        dataset.prepare(root, download=True)
+        assert len(fetched) == 2 and (root / "aclImdb" / "test" / "pos" / "1_7.txt").is_file()
+        assert len(dataset.load(root).test) == 4
+
+
 class TestBadInput:
     """Malformed files, empty splits and bad embeddings fail with the file and line named."""
 
@@ -132,10 +202,31 @@ class TestBadInput:
             load(fixture_spec("trec6"), tmp_path)
 
     def test_empty_split_is_data_error(self, tmp_path):
+        """The message names the split and the file it was read from, on one line."""
         shutil.copytree(FIXTURES / "sst", tmp_path / "sst")
         (tmp_path / "sst" / "trees" / "test.txt").write_text("")
-        with pytest.raises(DataError, match="test split .* is empty"):
+        with pytest.raises(DataError, match=r"test split read from \S*test\.txt is empty") as info:
             load(fixture_spec("sst2"), tmp_path)
+        assert "\n" not in str(info.value)
+
+    def test_split_with_only_dropped_labels_is_empty(self, tmp_path):
+        """SST-2 drops neutral sentences; a dev file of only neutral ones is an empty validation split."""
+        shutil.copytree(FIXTURES / "sst", tmp_path / "sst")
+        (tmp_path / "sst" / "trees" / "dev.txt").write_text("(2 (2 it) (2 is))\n")
+        with pytest.raises(DataError, match=r"validation split read from \S*dev\.txt is empty"):
+            load(fixture_spec("sst2"), tmp_path)
+
+    def test_empty_imdb_split_names_the_folder(self, tmp_path):
+        write_imdb(tmp_path, {"train": 0, "test": 2})
+        with pytest.raises(DataError, match=r"train split read from \S*aclImdb/train/\{neg,pos\}/\*\.txt is empty"):
+            load(fixture_spec("imdb"), tmp_path)
+
+    def test_bad_ag_news_row_names_file_and_line(self, tmp_path):
+        (tmp_path / "ag_news_csv").mkdir()
+        (tmp_path / "ag_news_csv" / "test.csv").write_text('"3","t","d"\n"9","t","d"\n')
+        with pytest.raises(DataError, match=r"test\.csv, line 2: expected") as info:
+            load(fixture_spec("ag_news"), tmp_path)
+        assert "\n" not in str(info.value)
 
     def test_missing_files_name_path_and_address(self, tmp_path):
         with pytest.raises(DataError, match="rt-polarity.neg.*cornell"):
@@ -226,6 +317,101 @@ class TestMethodsOnText:
 
         with pytest.raises(IncompatibleError, match="lenet"):
             TrialSpec(dataset=fixture_spec("sst2"), method="dd", ipc=1, protocol="text-v1").resolve()
+
+
+def distill_dd(data, method: str, ipc: int = 1, seed: int = 0):
+    """A dd set distilled directly (no runner) on a loaded text bundle."""
+    from distillbench.harness.plugins import METHODS
+    from distillbench.harness.seeding import torch_generator
+    from distillbench.harness.types import Context
+
+    configured = METHODS.resolve(method)
+    ctx = Context(device=torch.device("cpu"), generator=torch_generator(seed), seed=seed)
+    return configured.obj(configured.params).distill(data, ipc, ctx)
+
+
+TINY_DD = "dd[net=textcnn[filters=4],epochs=2,batch_size=4,distill_steps=1,distill_epochs=2"
+
+
+class TestTextProtocol:
+    """text-v1 replays sets with learned steps (dd) and trains on every other set (issue 4)."""
+
+    def tiny(self):
+        from distillbench.harness.protocols import TEXT_V1
+
+        return dataclasses.replace(TEXT_V1, name="tiny-text", epochs=3, n_models=3)
+
+    def test_text_v1_engine(self):
+        """text-v1 picks the engine per set; dd-replay-v1 and convnet-v1 keep theirs."""
+        from distillbench.harness.plugins import METHODS
+        from distillbench.harness.protocols import CONVNET_V1, DD_REPLAY_V1, TEXT_V1, replays_method, replays_set
+        from distillbench.harness.types import DistilledSet
+
+        dd_set = DistilledSet(torch.zeros(2, 6), torch.zeros(2, dtype=torch.long), extras={"lrs": torch.ones(1)})
+        real = DistilledSet(torch.zeros(2, 6), torch.zeros(2, dtype=torch.long))
+        assert TEXT_V1.engine == "replay_or_train"
+        assert replays_set(TEXT_V1, dd_set) and not replays_set(TEXT_V1, real)
+        assert replays_set(DD_REPLAY_V1, real) and not replays_set(CONVNET_V1, dd_set)
+        assert replays_method(TEXT_V1, METHODS.get("dd")) and not replays_method(TEXT_V1, METHODS.get("random"))
+
+    def test_random_init_dd_set_is_replayed_on_k_fresh_networks(self):
+        """Under text-v1 a random-init dd set gives exactly the replay engine's K results, on its own network."""
+        from distillbench.harness.evaluate import evaluate
+        from distillbench.harness.replay import replay
+
+        data = load(fixture_spec("sst2"))
+        dset = distill_dd(data, TINY_DD + ",init=random,soft_labels=true]")
+        tiny = self.tiny()
+        result = evaluate(tiny, dset, data, seed=3, network="textcnn")
+        direct = replay(tiny, dset, data, seed=3)
+        assert result.network == "textcnn[filters=4]" and len(result.acc_per_model) == 3
+        assert result.acc_per_model == direct.acc_per_model and result.acc_per_class == direct.acc_per_class
+        trained = evaluate(dataclasses.replace(tiny, engine="train"), dset, data, seed=3)
+        assert trained.network == "textcnn"  # the same set under ordinary training: the protocol's TextCNN
+
+    def test_real_sentences_are_trained(self):
+        """A set without learned steps (random real sentences) trains K TextCNNs, as the train engine does."""
+        from distillbench.harness.evaluate import evaluate
+        from distillbench.harness.types import DistilledSet
+
+        data = load(fixture_spec("sst2"))
+        dset = DistilledSet(data.train.x[:4], data.train.y[:4])
+        tiny = self.tiny()
+        result = evaluate(tiny, dset, data, seed=1)
+        trained = evaluate(dataclasses.replace(tiny, engine="train"), dset, data, seed=1)
+        assert result.network == "textcnn" and result.acc_per_model == trained.acc_per_model
+
+    def test_partial_learned_steps_fail_clearly(self):
+        """A set with only some learned-step extras is not silently trained on: the replay names what is missing."""
+        from distillbench.harness.evaluate import evaluate
+        from distillbench.harness.types import DistilledSet
+
+        data = load(fixture_spec("sst2"))
+        dset = DistilledSet(torch.randn(2, 6, 4), torch.tensor([0, 1]), extras={"lrs": torch.ones(2)})
+        with pytest.raises(ConfigError, match="missing step_of_sample"):
+            evaluate(self.tiny(), dset, data, seed=0)
+
+    def test_runner_rows_name_the_replayed_network(self):
+        """Rows of dd under text-v1 report the set's network and K=1 for a fixed init; random rows the TextCNN."""
+        from distillbench.harness.runner import run_trial
+        from distillbench.harness.spec import TrialSpec
+
+        dataset = fixture_spec("sst2")
+        with temp_plugin("protocols", "tiny-text", self.tiny()):
+            [dd_row] = run_trial(
+                TrialSpec(dataset=dataset, method=TINY_DD + "]", ipc=1, protocol="tiny-text"),
+                device="cpu",
+                data_root=FIXTURES,
+            )
+            [random_row] = run_trial(
+                TrialSpec(dataset=dataset, method="random", ipc=1, protocol="tiny-text"),
+                device="cpu",
+                data_root=FIXTURES,
+            )
+        assert dd_row["status"] == "ok", dd_row.get("error")
+        assert dd_row["eval_network"] == "textcnn[filters=4]" and dd_row["n_eval_models"] == 1
+        assert len(dd_row["acc_per_class"]) == 2
+        assert random_row["eval_network"] == "textcnn" and random_row["n_eval_models"] == 3
 
 
 @pytest.mark.realdata
