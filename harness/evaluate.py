@@ -174,6 +174,11 @@ def train_on_set(
     x = dset.x.detach().to(device=device, dtype=torch.float32)
     y = dset.y.detach().to(device=device, dtype=torch.float32 if dset.soft else torch.long)
     augment = DSA(info.dsa_strategy) if protocol.augment == "dsa" else DSA("none")
+    relabel = None
+    if getattr(protocol, "relabel", "none") == "online":
+        from distillbench.methods.relabel import online_relabeler
+
+        relabel = online_relabeler(dset, info, device)  # soft labels of each augmented batch from the set's teacher
 
     optimizer = torch.optim.SGD(
         model.parameters(), lr=protocol.lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay
@@ -192,7 +197,9 @@ def train_on_set(
             idx = order[start : start + batch]
             xb = augment.per_sample(x[idx], generator)
             logits = model(xb)
-            if dset.soft:
+            if relabel is not None:
+                loss = -(relabel(xb) * F.log_softmax(logits, dim=1)).sum(1).mean()
+            elif dset.soft:
                 loss = -(y[idx] * F.log_softmax(logits, dim=1)).sum(1).mean()
             else:
                 loss = F.cross_entropy(logits, y[idx])

@@ -56,6 +56,7 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
         "dc": "distillbench.methods.dc:GradientMatching",
         "dsa": "distillbench.methods.dsa:SiameseGradientMatching",
         "kcenter": "distillbench.methods.kcenter:KCenter",
+        "sre2l": "distillbench.methods.sre2l:SRe2L",
         "full": "distillbench.methods.full:FullData",
     },
     DATASETS: {
@@ -87,6 +88,9 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
     PROTOCOLS: {
         "convnet-v1": "distillbench.harness.protocols:CONVNET_V1",
         "quick-v1": "distillbench.harness.protocols:QUICK_V1",
+        "quick-v1-relabel": "distillbench.harness.protocols:QUICK_V1_RELABEL",
+        "lt-cpu-v1": "distillbench.harness.protocols:LT_CPU_V1",
+        "lt-cpu-v1-relabel": "distillbench.harness.protocols:LT_CPU_V1_RELABEL",
         "convnet-v1-cpu-reduced": "distillbench.harness.protocols:CPU_REDUCED_V1",
         "dd-replay-v1": "distillbench.harness.protocols:DD_REPLAY_V1",
         "text-v1": "distillbench.harness.protocols:TEXT_V1",
@@ -96,6 +100,8 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
     },
     LABELS: {
         "native": "distillbench.harness.stages:NativeLabels",
+        "teacher": "distillbench.methods.relabel:TeacherLabels",
+        "adsa": "distillbench.methods.relabel:ADSALabels",
     },
 }
 for _registry, _table in _BUILTINS.items():

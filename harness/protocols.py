@@ -26,6 +26,7 @@ import dataclasses
 from typing import Any, Literal
 
 ENGINES = ("train", "replay", "replay_or_train")
+RELABEL_MODES = ("none", "online")
 # The extras a set needs to be replayed (DD's learned step sizes and the data step of each sample).
 LEARNED_STEP_EXTRAS = ("lrs", "step_of_sample")
 
@@ -56,6 +57,9 @@ class EvalProtocol:
             protocol's ``networks`` is ``("from-set",)``: the network is the one named in the set's
             ``meta["net"]``, and that name is what the result row reports as its eval network (also
             for the replayed sets of a ``replay_or_train`` protocol).
+        relabel: ``none`` (train on the set's stored labels) or ``online`` (the ``train`` engine asks
+            the set's teacher, ``meta["teacher"]``, for soft labels of every augmented batch, calibrated
+            with the set's ``meta["label_tau"]``, as SRe2L evaluates; see :mod:`distillbench.methods.relabel`).
     """
 
     name: str
@@ -73,10 +77,15 @@ class EvalProtocol:
     quick: bool = False
     description: str = ""
     engine: Literal["train", "replay", "replay_or_train"] = "train"
+    relabel: Literal["none", "online"] = "none"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"protocol {self.name!r} has engine={self.engine!r}; valid engines: {', '.join(ENGINES)}")
+        if self.relabel not in RELABEL_MODES:
+            raise ValueError(
+                f"protocol {self.name!r} has relabel={self.relabel!r}; valid values: {', '.join(RELABEL_MODES)}"
+            )
 
     @property
     def network(self) -> str:
@@ -118,6 +127,33 @@ CPU_REDUCED_V1 = EvalProtocol(
     n_models=3,
     quick=True,
     description="CPU-reduced convnet-v1, not comparable to papers: ConvNet-3 width 32, 100 epochs, K=3 models",
+)
+
+# Online relabelling variants (SRe2L-style evaluation): the same recipes, but every augmented batch
+# gets soft labels from the set's teacher (with the set's ADSA tau), instead of the stored labels.
+QUICK_V1_RELABEL = dataclasses.replace(
+    QUICK_V1,
+    name="quick-v1-relabel",
+    relabel="online",
+    description="QUICK recipe (quick-v1) with online relabelling of every augmented batch by the set's teacher",
+)
+
+# The long-tail evidence recipe on a shared 2-core CPU (configs/longtail.yaml): convnet-v1-cpu-reduced
+# with 60 instead of 100 epochs and K=2 instead of 3, because MNIST-LT at IPC 10 under the 100-epoch,
+# K=3 recipe would take about 100 CPU-seconds per trial here (30,000 image passes at a measured 3.3 ms
+# each on this machine). Marked quick.
+LT_CPU_V1 = dataclasses.replace(
+    CPU_REDUCED_V1,
+    name="lt-cpu-v1",
+    epochs=60,
+    n_models=2,
+    description="CPU long-tail recipe, not comparable to papers: ConvNet-3 width 32, 60 epochs, K=2 models, DSA",
+)
+LT_CPU_V1_RELABEL = dataclasses.replace(
+    LT_CPU_V1,
+    name="lt-cpu-v1-relabel",
+    relabel="online",
+    description="lt-cpu-v1 with online relabelling of every augmented batch by the set's teacher (and its ADSA tau)",
 )
 
 # The network trained under a replay protocol is the set's own (``meta["net"]``); this placeholder

@@ -125,19 +125,49 @@ def distill_set(
     *,
     device: torch.device,
     progress: Callable[[float, str], None] | None = None,
+    cache_dir: Path | None = None,
+    base: DistilledSet | None = None,
 ) -> DistilledSet:
-    """Weighting, distillation and the label stage of one trial."""
-    seed = derive_seed(resolved.spec.seed, "distill", resolved.distill_id)
-    ctx = Context(device=device, generator=torch_generator(seed), seed=seed, progress=progress)
-    weighting = resolved.weighting.obj(resolved.weighting.params)
-    ctx.weights = weighting.compute(data, ctx)
-    method = resolved.method.obj(resolved.method.params)
-    dset = method.distill(data, resolved.spec.ipc, ctx)
+    """Weighting, distillation and the label stage of one trial.
+
+    The method's seed comes from the trial *without* its label stage, so ``labels: teacher`` or
+    ``adsa`` relabel exactly the images of the ``native`` trial; ``base`` is that native set when
+    it is already stored (then only the label stage runs). ``cache_dir`` is where teachers are kept.
+    """
+    native = _with_native_labels(resolved)
+    seed = derive_seed(resolved.spec.seed, "distill", (native or resolved).distill_id)
+    ctx = Context(device=device, generator=torch_generator(seed), seed=seed, progress=progress, cache_dir=cache_dir)
+    if base is not None:
+        dset = base
+    else:
+        weighting = resolved.weighting.obj(resolved.weighting.params)
+        ctx.weights = weighting.compute(data, ctx)
+        method = resolved.method.obj(resolved.method.params)
+        dset = method.distill(data, resolved.spec.ipc, ctx)
     stage = resolved.labels.obj(resolved.labels.params)
     dset = stage.apply(dset, data, ctx)
     if not torch.isfinite(dset.x).all():
         raise DivergedError(f"method {resolved.method.display!r} produced non-finite samples")
     return dset
+
+
+def _with_native_labels(resolved: ResolvedTrial) -> ResolvedTrial | None:
+    """The same trial with label stage ``native`` (``None`` if it already has it)."""
+    import dataclasses
+
+    from distillbench.harness.plugins import LABELS
+
+    if getattr(resolved.labels.obj, "identity", False):
+        return None
+    spec = dataclasses.replace(resolved.spec, labels="native")
+    return dataclasses.replace(resolved, spec=spec, labels=LABELS.resolve("native"))
+
+
+def _teacher_dir(results: Path | str | None) -> Path | None:
+    """``<results>/teachers`` for a local results directory, else ``None`` (the user cache)."""
+    if results is None or "://" in str(results):
+        return None
+    return Path(results).expanduser() / "teachers"
 
 
 def _set_metadata(resolved: ResolvedTrial, distill_seconds: float) -> dict[str, Any]:
@@ -216,7 +246,12 @@ def run_trial(
             reused = True
         else:
             t0 = time.perf_counter()
-            dset = distill_set(resolved, data, device=device, progress=progress)
+            native = _with_native_labels(resolved) if (results is not None and reuse_sets) else None
+            found = store.find_set(results, native.distill_id) if native is not None else None
+            base = store.load_set(found)[0] if found is not None else None
+            dset = distill_set(
+                resolved, data, device=device, progress=progress, cache_dir=_teacher_dir(results), base=base
+            )
             distill_seconds = time.perf_counter() - t0
             if results is not None:
                 meta = _set_metadata(resolved, distill_seconds)
@@ -229,6 +264,7 @@ def run_trial(
             set_bytes=dset.nbytes(),
             n_distilled=len(dset),
             soft_labels=dset.soft,
+            label_tau=dset.meta.get("label_tau"),
             set_path=str(existing.relative_to(results)) if (existing is not None and results is not None) else None,
         )
         rows = []

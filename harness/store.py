@@ -71,6 +71,7 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("train_class_counts", _LI, "training samples per class of the real data"),
     ("n_distilled", _I, "number of samples in the distilled set"),
     ("soft_labels", pa.bool_(), "whether the distilled set carries soft labels"),
+    ("label_tau", _F, "logit-adjustment tau chosen by the adsa label stage (null for other label stages)"),
     # cost
     ("distill_seconds", _F, "wall time of distillation (0 when the set was reused)"),
     ("eval_seconds", _F, "wall time of the evaluation"),

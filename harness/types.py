@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -111,6 +112,8 @@ class Context:
         weights: per-sample weights of the real training set (``None`` without a weighting).
         progress: optional callback ``(fraction_done, message)``.
         time_budget_s: optional soft wall-clock budget; methods may stop early and record it.
+        cache_dir: where shared artefacts such as trained teachers are stored (``<results>/teachers``
+            under the runner); ``None`` means the user cache (``$DISTILLBENCH_CACHE`` or ``~/.cache/distillbench``).
     """
 
     device: torch.device
@@ -119,6 +122,7 @@ class Context:
     weights: torch.Tensor | None = None
     progress: ProgressFn | None = None
     time_budget_s: float | None = None
+    cache_dir: Path | None = None
 
     def report(self, fraction: float, message: str = "") -> None:
         """Forward progress to the callback, if any."""

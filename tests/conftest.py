@@ -32,6 +32,18 @@ def _isolate_registries():
                 reg.unregister(name)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Teachers trained by tests go to a temporary cache, not the user's ``~/.cache/distillbench``."""
+    before = os.environ.get("DISTILLBENCH_CACHE")
+    os.environ["DISTILLBENCH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("DISTILLBENCH_CACHE", None)
+    else:
+        os.environ["DISTILLBENCH_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The real digits dataset (embedded in scikit-learn)."""

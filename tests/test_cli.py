@@ -148,7 +148,8 @@ class TestCommands:
 
     def test_ls_and_pattern(self, capsys):
         """ls lists names naturally sorted and filters with a wildcard."""
-        assert run_cli(capsys, "ls", "methods")[1].split() == ["dc", "dd", "dm", "dsa", "full", "herding", "kcenter", "random"]
+        methods = ["dc", "dd", "dm", "dsa", "full", "herding", "kcenter", "random", "sre2l"]
+        assert run_cli(capsys, "ls", "methods")[1].split() == methods
         assert run_cli(capsys, "ls", "methods", "d*")[1].split() == ["dc", "dd", "dm", "dsa"]
         listed = run_cli(capsys, "ls", "protocols")[1].split()
         # tests/conftest.py registers "tiny-test" for the whole session; the rest are the built-ins
@@ -156,7 +157,10 @@ class TestCommands:
             "convnet-v1",
             "convnet-v1-cpu-reduced",
             "dd-replay-v1",
+            "lt-cpu-v1",
+            "lt-cpu-v1-relabel",
             "quick-v1",
+            "quick-v1-relabel",
             "text-v1",
         ]
 
