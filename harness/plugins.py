@@ -74,6 +74,10 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
         "trec50": "distillbench.datasets.text:TREC50",
         "imdb": "distillbench.datasets.text:IMDB",
         "ag_news": "distillbench.datasets.text:AGNews",
+        "colored_mnist": "distillbench.datasets.colored:ColoredMNIST",
+        "bg_fmnist": "distillbench.datasets.colored:BackgroundFashionMNIST",
+        "corrupted_cifar10": "distillbench.datasets.corrupted_cifar:CorruptedCIFAR10",
+        "bffhq": "distillbench.datasets.bffhq:BFFHQ",
     },
     NETWORKS: {
         "convnet": "distillbench.harness.networks.convnet:ConvNet",
