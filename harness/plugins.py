@@ -101,6 +101,7 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
     },
     WEIGHTINGS: {
         "none": "distillbench.harness.stages:NoWeighting",
+        "kde": "distillbench.methods.kde:KDEWeighting",
     },
     LABELS: {
         "native": "distillbench.harness.stages:NativeLabels",
