@@ -119,7 +119,10 @@ class BFFHQ(Dataset):
                 raise DataError(f"dataset 'bffhq': {path} is not named <idx>_<target>_<bias>.png with 0/1 values")
             targets[i], bias[i] = int(match.group(2)), int(match.group(3))
             if nested and path.parent.name != match.group(2):
-                raise DataError(f"dataset 'bffhq': {path} has target {match.group(2)} but lies in folder of another")
+                raise DataError(
+                    f"dataset 'bffhq': {path} is named with target {match.group(2)} but lies in folder "
+                    f"{path.parent.name!r}; move it to the folder of its target"
+                )
             try:
                 with Image.open(path) as img:
                     rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)

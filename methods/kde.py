@@ -37,8 +37,13 @@ Defaults and why (the paper's encoder is SupCon; its bandwidth and weight map ar
   extremely heavy-tailed (measured: effective sample size 11% of n, coefficient of variation of
   the aligned weights 3.6, i.e. random aligned samples hit the clip too). The median rule keeps
   the kernel at the scale of the data: conflicting/aligned mean weight 6.8, effective sample
-  size 38%, aligned weights even (coefficient of variation 0.33). See the module tests and the
-  engineering notes for the figures on the ``mnist-10k`` copy.
+  size 38%, aligned weights even (coefficient of variation 0.33).
+
+  On ``colored_mnist`` over the ``mnist-10k`` copy (7,200 training images, 361 conflicting) the
+  defaults give conflicting/aligned mean weight 4.5 (effective sample size 44%); ``encoder=random``
+  and ``encoder=pixels`` with the same bandwidth only 1.4, which is why the (costlier) SupCon
+  encoder is the default. On ``colored_mnist[base=digits]`` all three separate the groups
+  (6.8 / 2.9 / 3.5): 8x8 digits carry little shape information besides the colour.
 * ``power=1``: the plain inverse density the paper describes.
 * ``clip=10``: a few isolated samples cannot take over a class's weighted mean.
 
