@@ -40,7 +40,13 @@ from distillbench.harness.errors import ConfigError, DivergedError
 from distillbench.harness.plugins import register_method
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
 from distillbench.methods.base import DistillationMethod
-from distillbench.methods.teacher import DEFAULT_TEACHER_EPOCHS, DEFAULT_TEACHER_NET, TeacherRecipe, get_teacher
+from distillbench.methods.teacher import (
+    DEFAULT_MIN_STEPS,
+    DEFAULT_TEACHER_EPOCHS,
+    DEFAULT_TEACHER_NET,
+    TeacherRecipe,
+    get_teacher,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +69,9 @@ class SRe2LParams:
     )
     teacher_epochs: int = dataclasses.field(default=DEFAULT_TEACHER_EPOCHS, metadata={"help": "teacher epochs"})
     teacher_seed: int = dataclasses.field(default=0, metadata={"help": "seed of the teacher's training"})
+    teacher_min_steps: int = dataclasses.field(
+        default=DEFAULT_MIN_STEPS, metadata={"help": "at least this many teacher SGD steps (more epochs on small data)"}
+    )
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -79,9 +88,13 @@ class SRe2LParams:
             raise ValueError(f"temperature must be a positive number, got {self.temperature}")
         if self.teacher_epochs < 1:
             raise ValueError(f"teacher_epochs must be at least 1, got {self.teacher_epochs}")
+        if self.teacher_min_steps < 0:
+            raise ValueError(f"teacher_min_steps must be non-negative, got {self.teacher_min_steps}")
 
     def recipe(self) -> TeacherRecipe:
-        return TeacherRecipe(net=self.teacher_net, epochs=self.teacher_epochs, seed=self.teacher_seed)
+        return TeacherRecipe(
+            net=self.teacher_net, epochs=self.teacher_epochs, seed=self.teacher_seed, min_steps=self.teacher_min_steps
+        )
 
 
 class _BNStats:
@@ -124,6 +137,7 @@ class SRe2L(DistillationMethod):
         "ipc_per_batch": 2,
         "teacher_net": "convnet[norm=batchnorm,width=8]",
         "teacher_epochs": 2,
+        "teacher_min_steps": 0,
     }
 
     def validate(self, info: DatasetInfo, ipc: int) -> None:

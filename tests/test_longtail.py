@@ -31,8 +31,8 @@ from distillbench.methods.teacher import TeacherRecipe, get_teacher, teacher_key
 from tests.conftest import SHARED_DATA, needs_shared_data, temp_plugin
 
 # A teacher small enough for unit tests (about a second on digits).
-TINY_TEACHER = "teacher_net=convnet[norm=batchnorm,width=8],teacher_epochs=2"
-TINY_RECIPE = TeacherRecipe(net="convnet[norm=batchnorm,width=8]", epochs=2)
+TINY_TEACHER = "teacher_net=convnet[norm=batchnorm,width=8],teacher_epochs=2,teacher_min_steps=0"
+TINY_RECIPE = TeacherRecipe(net="convnet[norm=batchnorm,width=8]", epochs=2, min_steps=0)
 SRE2L = f"sre2l[iterations=10,ipc_per_batch=2,{TINY_TEACHER}]"
 
 
@@ -106,6 +106,14 @@ class TestTeacherCache:
         assert teacher_key(digits_lt, dataclasses.replace(TINY_RECIPE, epochs=3)) != base
         assert teacher_key(digits, TINY_RECIPE) != base
 
+    def test_small_splits_train_at_least_min_steps(self):
+        """20 epochs of a 559-image split are 180 steps; min_steps=1000 raises them to 112 epochs."""
+        from distillbench.methods.teacher import teacher_epochs
+
+        assert teacher_epochs(TeacherRecipe(epochs=20, batch_size=64, min_steps=1000), 559) == 112
+        assert teacher_epochs(TeacherRecipe(epochs=20, batch_size=64, min_steps=1000), 2840) == 23
+        assert teacher_epochs(TeacherRecipe(epochs=20, min_steps=0), 559) == 20
+
     def test_concurrent_callers_train_once(self, digits_lt, tmp_path, counted_training, monkeypatch):
         """Two threads asking at once: one trains under the file lock, the other waits and loads."""
         real = teacher_mod.train_teacher
@@ -154,7 +162,7 @@ class TestTeacherCache:
             "    return real(*a, **k)\n"
             "T.train_teacher = counting\n"
             "c = DATASETS.resolve('digits[imbalance=10]'); d = c.obj(c.params).load(Path('.'))\n"
-            "r = T.TeacherRecipe(net='convnet[norm=batchnorm,width=8]', epochs=2)\n"
+            "r = T.TeacherRecipe(net='convnet[norm=batchnorm,width=8]', epochs=2, min_steps=0)\n"
             "T.get_teacher(d, r, cache_dir=Path(sys.argv[1]))\n"
         )
         counter = tmp_path / "count.txt"
@@ -381,7 +389,7 @@ def test_mnist_lt_teacher_stage(tmp_path):
     """adsa on the 10k MNIST copy made long-tailed (IF 10): tau found, labels valid."""
     configured = DATASETS.resolve("mnist[imbalance=10]")
     data = configured.obj(configured.params).load(SHARED_DATA / "mnist-10k")
-    out = stage("adsa[teacher_net=convnet[norm=batchnorm,width=8],teacher_epochs=1]").apply(
+    out = stage("adsa[teacher_net=convnet[norm=batchnorm,width=8],teacher_epochs=1,teacher_min_steps=0]").apply(
         random_set(data, ipc=2), data, ctx(tmp_path)
     )
     assert out.meta["label_tau"] is not None and not math.isnan(out.meta["teacher"]["val_acc"])
