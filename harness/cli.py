@@ -70,7 +70,9 @@ examples:
         "distillbench run configs/quickstart.yaml --results results/quickstart",
     )
     run.add_argument("grid", help="YAML grid file")
-    run.add_argument("--results", help="results directory (default: results/<grid name>)")
+    run.add_argument(
+        "--results", help="results directory or URI such as s3://bucket/prefix (default: results/<grid name>)"
+    )
     run.add_argument(
         "--data-root", help="dataset root (default: grid data_root, $DISTILLBENCH_DATA, ~/.cache/distillbench)"
     )
@@ -124,8 +126,10 @@ examples:
         "Build the leaderboard (Markdown, self-contained HTML and CSV) from results directories.",
         "distillbench leaderboard results/quickstart --out results/quickstart/leaderboard",
     )
-    board.add_argument("results", nargs="+", help="one or more results directories")
-    board.add_argument("--out", help="output directory (default: <first results dir>/leaderboard)")
+    board.add_argument("results", nargs="+", help="one or more results directories or URIs (s3://bucket/prefix)")
+    board.add_argument(
+        "--out", help="output directory (default: <first results dir>/leaderboard; ./leaderboard for a URI)"
+    )
     board.add_argument("--grid", help="only rows of this grid (wildcards allowed)")
     board.add_argument("--dataset", help="only rows of this dataset (wildcards allowed)")
     board.add_argument("--protocol", help="only rows of this protocol (wildcards allowed)")
@@ -145,7 +149,7 @@ examples:
         "Show done / pending / failed trials per grid of a results directory, with an error summary.",
         "distillbench status results/quickstart --grid configs/quickstart.yaml",
     )
-    status.add_argument("results", help="a results directory")
+    status.add_argument("results", help="a results directory or URI (s3://bucket/prefix)")
     status.add_argument("--grid", action="append", default=[], help="grid file(s): also count their pending trials")
     show = command(
         "show",
@@ -175,9 +179,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from distillbench.harness.spec import load_grid_file, trial_table
 
     grid = load_grid_file(args.grid)
-    results = store.check_results_dir(Path(args.results) if args.results else Path("results") / grid.name)
+    results = store.check_results_dir(args.results if args.results else Path("results") / grid.name)
     data_root = _data_root(args.data_root, grid.data_root, base=Path(args.grid).resolve().parent)
-    done = store.existing_trial_ids(results, status=("ok", "diverged")) if results.is_dir() else set()
+    done = store.existing_trial_ids(results, status=("ok", "diverged"))
     pending = [t for t in grid.trials if t.trial_id not in done]
     if args.dry_run:
         print(
@@ -190,13 +194,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"  {row['trial_id']}  {state:7}  {row['dataset']}  {row['method']}  ipc={row['ipc']}  "
                 f"seed={row['seed']}  weighting={row['weighting']}  labels={row['labels']}  {row['protocol']}"
             )
-        print(f"results would go to {results}; nothing was run or written (--dry-run)")
+        print(f"results would go to {store.location(results)}; nothing was run or written (--dry-run)")
         return 0
     from distillbench.harness.scheduler import run_grid
 
     print(
         f"grid {grid.name!r}: {len(grid.trials)} trials ({len(pending)} to run, {len(grid.trials) - len(pending)} "
-        f"already done) -> {results}",
+        f"already done) -> {store.location(results)}",
         flush=True,
     )
     outcome = run_grid(
@@ -216,11 +220,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     for error in outcome.errors[:10]:
         print(f"  failed: {error}")
-    print(f"rows: {store.rows_dir(results)}")
+    print(f"rows: {store.location(results) / 'rows'}")
     if not args.no_leaderboard:
-        from distillbench.leaderboard import build_leaderboard
-
-        board = build_leaderboard([results], results / "leaderboard")
+        out = results / "leaderboard" if isinstance(results, Path) else Path("leaderboard") / grid.name
+        board = _build_board([results], out)
         print(f"leaderboard: {board.markdown_path}")
         print(f"             {board.csv_path}")
         print(f"             {board.html_path}")
@@ -344,7 +347,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from distillbench.harness.spec import TrialSpec
 
     protocol = PROTOCOLS.resolve(args.protocol).obj
-    dset, meta = store.load_set(Path(args.set_file))
+    dset, meta = store.load_set(args.set_file)
     if "spec" not in meta:
         raise DistillBenchError(f"{args.set_file}: metadata has no 'spec'; was it written by distillbench?")
     spec = TrialSpec.from_dict({**meta["spec"], "protocol": args.protocol})
@@ -375,16 +378,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_leaderboard(args: argparse.Namespace) -> int:
+def _build_board(results: list[Any], out: Path, **kwargs: Any) -> Any:
+    """Build the leaderboard; rows of remote results (URIs) are read into a local temporary copy first."""
+    import tempfile
+
+    from distillbench.harness import store
     from distillbench.leaderboard import build_leaderboard
 
-    dirs = [Path(d) for d in args.results]
-    for d in dirs:
-        if not d.is_dir():
-            raise DistillBenchError(f"results directory {str(d)!r} does not exist; pass the --results of a run")
-    out = Path(args.out) if args.out else dirs[0] / "leaderboard"
-    board = build_leaderboard(
-        dirs, out, grid=args.grid, dataset=args.dataset, protocol=args.protocol, reported=args.reported
+    with tempfile.TemporaryDirectory(prefix="distillbench-rows-") as tmp:
+        dirs = []
+        for i, where in enumerate(results):
+            loc = store.location(where)
+            dirs.append(Path(loc.path) if loc.local else store.copy_rows(loc, Path(tmp) / str(i)))
+        return build_leaderboard(dirs, out, **kwargs)
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from distillbench.harness import store
+
+    locations = [store.location(d) for d in args.results]
+    for given, loc in zip(args.results, locations, strict=True):
+        if not loc.is_dir():
+            shown = given.partition("?")[0]  # as typed, without a URI's options
+            raise DistillBenchError(f"results directory {shown!r} does not exist; pass the --results of a run")
+    first = locations[0]
+    out = Path(args.out) if args.out else (Path(first.path) / "leaderboard" if first.local else Path("leaderboard"))
+    board = _build_board(
+        locations, out, grid=args.grid, dataset=args.dataset, protocol=args.protocol, reported=args.reported
     )
     for path, reason in board.skipped_files:
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -424,11 +444,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from distillbench.harness import store
     from distillbench.harness.spec import load_grid_file
 
-    results = Path(args.results)
-    if not store.rows_dir(results).is_dir():
+    results = store.location(args.results)
+    if not (results / "rows").is_dir():
         raise DistillBenchError(f"{str(results)!r} has no rows/ folder; pass the --results directory of a run")
     skipped: list[str] = []
-    frame = store.read_rows([results], on_bad=lambda path, reason: skipped.append(f"{path.name}: {reason}"))
+    frame = store.read_rows(
+        [results], on_bad=lambda path, reason: skipped.append(f"{str(path).rsplit('/', 1)[-1]}: {reason}")
+    )
     # A trial's state is its worst row (one row per evaluation network).
     rank = {"ok": 0, "diverged": 1, "error": 2}
     trials: dict[str, dict[str, Any]] = {}
@@ -469,7 +491,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from distillbench.harness.runner import load_data
     from distillbench.harness.spec import TrialSpec
 
-    dset, meta = store.load_set(Path(args.set_file))
+    dset, meta = store.load_set(args.set_file)
     if "spec" not in meta:
         raise DistillBenchError(f"{args.set_file}: metadata has no 'spec'; was it written by distillbench?")
     resolved = TrialSpec.from_dict(meta["spec"]).resolve()

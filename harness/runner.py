@@ -189,7 +189,7 @@ def _set_metadata(resolved: ResolvedTrial, distill_seconds: float) -> dict[str, 
 def run_trial(
     spec: TrialSpec | dict[str, Any],
     *,
-    results: Path | None = None,
+    results: Path | str | None = None,
     data_root: Path | None = None,
     download: bool = False,
     device: str | torch.device | None = None,
@@ -201,8 +201,9 @@ def run_trial(
 
     Args:
         spec: the trial (a ``TrialSpec`` or its dict form).
-        results: results directory; when given, the distilled set is saved under ``sets/`` (and
-            reused by later trials that differ only in the protocol).
+        results: results directory (a local path or a URI such as ``s3://bucket/prefix``); when given,
+            the distilled set is saved under ``sets/`` (and reused by later trials that differ only in
+            the protocol).
         data_root: where datasets live (default: ``$DISTILLBENCH_DATA`` or ``~/.cache/distillbench``).
         download: allow datasets to download missing files.
         device: computation device (default: CUDA if available, else CPU).
@@ -265,7 +266,7 @@ def run_trial(
             n_distilled=len(dset),
             soft_labels=dset.soft,
             label_tau=dset.meta.get("label_tau"),
-            set_path=str(existing.relative_to(results)) if (existing is not None and results is not None) else None,
+            set_path=store.set_relpath(resolved.distill_id) if (existing is not None and results is not None) else None,
         )
         rows = []
         for network in resolved.protocol.networks:

@@ -64,11 +64,11 @@ def _trainable(config: dict[str, Any]) -> None:
 
     # Plugins named by the grid register themselves in this worker process too.
     load_plugin_modules(config.get("plugins", []))
-    cpus = max(1, int(config.get("cpus", 1)))
-    torch.set_num_threads(cpus)
+    trial = config["trial"]
+    torch.set_num_threads(max(1, int(trial.get("cpu", 1))))
     rows = run_trial(
-        config["trial"],
-        results=Path(config["results"]),
+        trial["spec"],
+        results=config["results"],
         data_root=Path(config["data_root"]),
         download=bool(config.get("download", False)),
     )
@@ -79,7 +79,7 @@ def _trainable(config: dict[str, Any]) -> None:
 class _RowWriter(tune.Callback):
     """Driver-side: writes each trial's row as soon as it reports; records infrastructure failures."""
 
-    def __init__(self, results: Path, progress: _Progress) -> None:
+    def __init__(self, results: str, progress: _Progress) -> None:
         self.results = results
         self.progress = progress
 
@@ -100,7 +100,7 @@ class _RowWriter(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # The worker died or raised outside run_trial (which catches trial errors) and retries are
         # exhausted: keep an error row so the grid's state is visible and a re-run retries it.
-        spec = trial.config.get("trial", {})
+        spec = trial.config.get("trial", {}).get("spec", {})
         error = f"trial failed in Ray after retries: {getattr(trial, 'error_file', None) or 'worker lost'}"
         message = _ray_error_text(trial) or error
         try:
@@ -144,6 +144,11 @@ class _Progress:
         self.start = time.monotonic()
         self._last_draw = 0.0
         self.errors: list[str] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment state; the stream (a terminal, or a test's
+        # capture buffer) stays behind: a restored copy draws nothing.
+        return {**self.__dict__, "stream": None, "enabled": False, "tty": False}
 
     def started(self, trial_id: str) -> None:
         self.running.add(trial_id)
@@ -197,13 +202,22 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+def _placement(config: dict[str, Any]) -> Any:
+    """Per-trial resources for ``tune.with_resources``: one bundle with the trial's CPUs and GPUs."""
+    trial = config["trial"]
+    bundle = {"CPU": float(trial.get("cpu", 1))}
+    if trial.get("gpu"):
+        bundle["GPU"] = float(trial["gpu"])
+    return tune.PlacementGroupFactory([bundle])
+
+
 def run_grid(
     trials: Sequence[ResolvedTrial],
     *,
-    results: Path,
+    results: Path | str,
     data_root: Path,
     grid_name: str,
-    resources: Mapping[str, float] | None = None,
+    resources: Mapping[str, Any] | None = None,
     retries: int = 0,
     download: bool = False,
     address: str | None = None,
@@ -211,15 +225,17 @@ def run_grid(
     show_progress: bool = True,
     stream: TextIO | None = None,
     plugins: Sequence[str] = (),
+    callbacks: Sequence[Any] = (),
 ) -> GridOutcome:
     """Run every trial that has no row yet under Ray Tune; rows land in ``<results>/rows``.
 
     Args:
         trials: validated trials (``Grid.trials``).
-        results: absolute results directory.
+        results: results directory: a local or NFS path, or a URI such as ``s3://bucket/prefix``.
         data_root: absolute data root, visible at the same path on every node.
         grid_name: used to name the Tune experiment (a fresh name per run).
-        resources: per-trial ``{"cpu": n, "gpu": g}`` (fractional GPUs allowed).
+        resources: per-trial ``{"cpu": n, "gpu": g}`` (fractional GPUs allowed), optionally with
+            ``per_method: {method: {"cpu": n, "gpu": g}}`` overrides (see ``spec.trial_resources``).
         retries: Tune retries of a trial whose worker fails (trial errors are rows, not retried).
         download: let datasets download missing files.
         address: join a running cluster (``auto`` or ``host:port``); default starts local Ray.
@@ -227,21 +243,27 @@ def run_grid(
         show_progress: print the status line.
         stream: where the status line goes (default stderr).
         plugins: plugin modules or absolute ``.py`` paths each worker imports before its trial.
+        callbacks: further Tune callbacks (tests use them to watch placements).
     """
+    from distillbench.harness.spec import trial_resources
+
     stream = stream or sys.stderr
-    results = Path(results).resolve()
+    where = store.location(results)
     # Rows are our record, so Tune's per-trial JSON/CSV loggers are off; its end-of-run summary then
     # warns once per trial that it found no result.json. The local token-auth notice is Ray's default
     # and needs no action. Neither is useful to a user reading the status line.
     for name in ("ray.tune.analysis.experiment_analysis", "ray._private.authentication.authentication_token_setup"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # Rows with status ok or diverged are results; an error row means "no result yet" and is retried.
-    done = store.existing_trial_ids(results, status=("ok", "diverged"))
+    done = store.existing_trial_ids(where, status=("ok", "diverged"))
     pending = [t for t in trials if t.trial_id not in done]
     outcome = GridOutcome(total=len(trials), skipped=len(trials) - len(pending))
     if not pending:
         return outcome
     resources = dict(resources or {"cpu": 1, "gpu": 0})
+    points = [
+        {"spec": t.spec.to_dict(), **trial_resources(resources, t.method.name), "trial_id": t.trial_id} for t in pending
+    ]
     progress = _Progress(len(trials), outcome.skipped, stream, show_progress)
     started_here = False
     if not ray.is_initialized():
@@ -262,25 +284,24 @@ def run_grid(
     start = time.monotonic()
     try:
         experiment = f"{_slug(grid_name)}-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S-%f')}"
-        trainable = tune.with_resources(_trainable, {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)})
+        trainable = tune.with_resources(_trainable, _placement)
         tuner = tune.Tuner(
             trainable,
             param_space={
-                "trial": tune.grid_search([t.spec.to_dict() for t in pending]),
-                "results": str(results),
+                "trial": tune.grid_search(points),
+                "results": where.uri,
                 "data_root": str(Path(data_root).expanduser().resolve()),
                 "download": download,
-                "cpus": resources.get("cpu", 1),
                 "plugins": list(plugins),
             },
             tune_config=tune.TuneConfig(reuse_actors=True),
             run_config=tune.RunConfig(
                 name=experiment,
-                storage_path=str(results / "ray"),
+                storage_path=(where / "ray").uri,
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[_RowWriter(results, progress)],
+                callbacks=[_RowWriter(where.uri, progress), *callbacks],
             ),
         )
         tuner.fit()
@@ -291,7 +312,7 @@ def run_grid(
         if started_here:
             ray.shutdown()
     outcome.seconds = time.monotonic() - start
-    rows = store.read_rows([results], columns=["trial_id", "status"])
+    rows = store.read_rows([where], columns=["trial_id", "status"])
     statuses = dict(zip(rows["trial_id"], rows["status"], strict=True))
     ids = [t.trial_id for t in pending]
     outcome.ok = sum(1 for i in ids if statuses.get(i) == "ok")

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from distillbench.harness.errors import ConfigError, DistillBenchError, IncompatibleError
+from distillbench.harness.errors import ConfigError, DistillBenchError, IncompatibleError, UnknownNameError
 from distillbench.harness.params import params_to_dict
 
 AXES = ("dataset", "method", "ipc", "seed", "weighting", "labels", "protocol")
@@ -193,7 +193,8 @@ class Grid:
     trials: tuple[ResolvedTrial, ...]
     data_root: str | None = None
     download: bool = False
-    resources: Mapping[str, float] = dataclasses.field(default_factory=lambda: {"cpu": 1, "gpu": 0})
+    # {"cpu": n, "gpu": g}, plus "per_method": {name: {"cpu": n, "gpu": g}} when the grid overrides some.
+    resources: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"cpu": 1, "gpu": 0})
     retries: int = 0
     path: str | None = None
     plugins: tuple[str, ...] = ()
@@ -289,15 +290,7 @@ def parse_grid(document: Any, *, default_name: str = "grid", path: str | None = 
             except DistillBenchError as exc:
                 raise type(exc)(f"{where}: {exc}") from None
             trials.setdefault(resolved.trial_id, resolved)
-    resources = document.get("resources") or {"cpu": 1, "gpu": 0}
-    if not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"}:
-        raise ConfigError(f"resources must be a mapping with keys cpu and gpu, got {resources!r}")
-    for key, value in resources.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigError(f"resources.{key} must be a non-negative number, got {value!r}")
-    resources = {"cpu": resources.get("cpu", 1), "gpu": resources.get("gpu", 0)}
-    if resources["cpu"] <= 0:
-        raise ConfigError("resources.cpu must be positive: every trial needs at least part of a CPU")
+    resources = parse_resources(document.get("resources"))
     retries = _check_int(document.get("retries", 0), "retries", 0)
     download = document.get("download", False)
     if not isinstance(download, bool):
@@ -313,6 +306,78 @@ def parse_grid(document: Any, *, default_name: str = "grid", path: str | None = 
         path=path,
         plugins=tuple(plugins),
     )
+
+
+_RESOURCE_KEYS = ("cpu", "gpu")
+
+
+def _check_amounts(block: Any, where: str, default: Mapping[str, float]) -> dict[str, float]:
+    """``{"cpu": n, "gpu": g}`` from a YAML mapping, missing keys from ``default``."""
+    if not isinstance(block, dict):
+        raise ConfigError(f"{where} must be a mapping such as {{cpu: 1, gpu: 0.25}}, got {block!r}")
+    unknown = sorted(set(block) - set(_RESOURCE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; valid keys: cpu, gpu")
+    out = {key: block.get(key, default[key]) for key in _RESOURCE_KEYS}
+    for key, value in out.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ConfigError(f"{where}.{key} must be a non-negative number, got {value!r}")
+    if out["cpu"] <= 0:
+        raise ConfigError(f"{where}.cpu must be positive: every trial needs at least part of a CPU")
+    if out["gpu"] > 1 and out["gpu"] != int(out["gpu"]):
+        raise ConfigError(
+            f"{where}.gpu must be a fraction up to 1 or a whole number of GPUs (Ray cannot split "
+            f"several GPUs), got {out['gpu']}"
+        )
+    return out
+
+
+def parse_resources(block: Any) -> dict[str, Any]:
+    """Validate a grid's ``resources:`` block.
+
+    Shape (every key optional)::
+
+        resources:
+          cpu: 1          # CPUs per trial (torch uses as many threads)
+          gpu: 0.25       # GPUs per trial: a fraction up to 1, or a whole number
+          per_method:     # overrides by bare method name; missing keys fall back to the defaults above
+            dc: {cpu: 2, gpu: 0.5}
+
+    Returns:
+        ``{"cpu": n, "gpu": g}`` plus ``"per_method": {name: {"cpu": n, "gpu": g}}`` when given.
+
+    Raises:
+        ConfigError: an unknown key, a negative or non-numeric amount, a CPU count of zero, a
+            fractional GPU count above 1, or ``per_method`` naming an unknown method.
+    """
+    if block is None:
+        block = {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"resources must be a mapping such as {{cpu: 1, gpu: 0.25}}, got {block!r}")
+    per_method = block.get("per_method") or {}
+    base = _check_amounts({k: v for k, v in block.items() if k != "per_method"}, "resources", {"cpu": 1, "gpu": 0})
+    if not isinstance(per_method, dict):
+        raise ConfigError(f"resources.per_method must map method names to {{cpu: n, gpu: g}}, got {per_method!r}")
+    overrides: dict[str, dict[str, float]] = {}
+    if per_method:
+        from distillbench.harness.plugins import METHODS
+
+        for name, amounts in per_method.items():
+            if not isinstance(name, str) or "[" in name:
+                raise ConfigError(f"resources.per_method keys are bare method names such as dm or dc, got {name!r}")
+            try:
+                METHODS.get(name)
+            except UnknownNameError as exc:
+                raise UnknownNameError(f"resources.per_method: {exc}") from None
+            overrides[name] = _check_amounts(amounts, f"resources.per_method.{name}", base)
+    return {**base, "per_method": overrides} if overrides else base
+
+
+def trial_resources(resources: Mapping[str, Any], method_name: str) -> dict[str, float]:
+    """The ``{"cpu": n, "gpu": g}`` one trial of ``method_name`` asks for (its override, else the default)."""
+    own = (resources.get("per_method") or {}).get(method_name)
+    chosen = own if own is not None else resources
+    return {"cpu": chosen.get("cpu", 1), "gpu": chosen.get("gpu", 0)}
 
 
 def trial_table(trials: Iterable[ResolvedTrial]) -> list[dict[str, Any]]:

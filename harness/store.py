@@ -10,11 +10,18 @@ The schema is declared once, here. Metric column names are fixed because scripts
 read them. Every write goes to a temporary file in the same directory and is renamed into place,
 so a crash never leaves half a row or half a set; rows are keyed by ``trial_id``, so writing the
 same trial twice replaces the row instead of duplicating it.
+
+A results directory is a local path, an NFS path or an object-store URI (``s3://bucket/prefix``):
+every read and write goes through one :class:`Location` on a ``pyarrow.fs`` file system. On object
+stores, which cannot rename, a file is one whole-object PUT (atomic per object) instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
+import functools
 import json
 import os
 import tempfile
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from distillbench.harness.errors import DataError, DistillBenchError
@@ -114,25 +122,166 @@ STATUSES = ("ok", "error", "diverged")
 _TIME_COLUMNS = ("start_time", "end_time")
 
 
-def rows_dir(results: Path) -> Path:
-    return Path(results) / "rows"
+# ------------------------------------------------------------------------------------- locations
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """A file or directory on a local, network (NFS) or object-store file system, through ``pyarrow.fs``.
+
+    Attributes:
+        fs: the pyarrow file system.
+        path: the path inside ``fs`` (no scheme, no trailing slash).
+        uri: what users and other processes are given: an absolute local path, or
+            ``scheme://bucket/prefix`` with the query (``?endpoint_override=...&region=...``) kept, so
+            a Ray worker that receives it reaches the same store.
+    """
+
+    fs: Any
+    path: str
+    uri: str
+
+    @property
+    def local(self) -> bool:
+        """Whether this is a local (or NFS-mounted) path, where files can be renamed atomically."""
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def __truediv__(self, part: str) -> Location:
+        base, sep, query = self.uri.partition("?")
+        return Location(self.fs, f"{self.path}/{part}", f"{base.rstrip('/')}/{part}{sep}{query}")
+
+    def __str__(self) -> str:
+        # Without the query: messages never show endpoints or credentials passed in the URI.
+        return self.uri.partition("?")[0]
+
+    def native(self) -> Path | str:
+        """A ``Path`` for a local location, else the URI (what callers outside the store expect)."""
+        return Path(self.path) if self.local else self.uri
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self.fs.get_file_info(self.path).type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+
+    def files(self, suffix: str) -> list[Location]:
+        """Complete files directly in this directory whose names end with ``suffix``, sorted by name.
+
+        Hidden names (a local write in progress is ``.<name>.<random>.tmp``) are left out.
+        """
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        names = sorted(
+            i.base_name
+            for i in infos
+            if i.type == pafs.FileType.File and i.base_name.endswith(suffix) and not i.base_name.startswith(".")
+        )
+        return [self / n for n in names]
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write the whole file atomically: readers see the old file, the new one, or nothing.
+
+        Local and NFS paths: a temporary file in the same directory, renamed into place. Object
+        stores have no rename, but a single PUT of a whole object is atomic per object; the bytes
+        are built in memory first and sent as one object, so no partial object is ever visible.
+        """
+        if self.local:
+            _atomic_write(Path(self.path), lambda tmp: Path(tmp).write_bytes(data))
+            return
+        parent = self.path.rsplit("/", 1)[0]
+        if self.fs.type_name not in ("s3", "gcs"):  # object stores have no directories to create
+            self.fs.create_dir(parent, recursive=True)
+        with self.fs.open_output_stream(self.path) as stream:
+            stream.write(data)
+
+    def delete(self) -> None:
+        """Remove the file if it exists."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path)
 
 
-def sets_dir(results: Path) -> Path:
-    return Path(results) / "sets"
+@functools.lru_cache(maxsize=16)
+def _filesystem(uri: str) -> tuple[Any, str]:
+    # One file-system object per URI and process: an S3 client is expensive to create, rows are many.
+    return pafs.FileSystem.from_uri(uri)
 
 
-def check_results_dir(results: Path) -> Path:
-    """Resolve ``results`` and make sure it can hold results (not an existing file)."""
-    results = Path(results).expanduser().resolve()
-    if results.exists() and not results.is_dir():
-        raise DistillBenchError(f"results path {str(results)!r} is an existing file; pass a directory with --results")
-    for parent in results.parents:
+def location(where: str | Path | Location) -> Location:
+    """The :class:`Location` of a results directory or file: a local path, an NFS path or a URI.
+
+    ``s3://bucket/prefix`` (and any other URI pyarrow knows) goes through
+    ``pyarrow.fs.FileSystem.from_uri``; S3 options ride in the query, e.g.
+    ``s3://bucket/prefix?region=eu-west-1&endpoint_override=http://127.0.0.1:9000&scheme=http``.
+    Credentials come from the usual AWS variables or files. Anything else is a local path
+    (``~`` expanded, made absolute).
+
+    Raises:
+        DistillBenchError: the URI cannot be opened (unknown scheme, malformed query).
+    """
+    if isinstance(where, Location):
+        return where
+    text = str(where)
+    if "://" in text and not text.startswith("file://"):
+        try:
+            fs, path = _filesystem(text)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
+            raise DistillBenchError(
+                f"cannot open results location {text.partition('?')[0]!r}: {exc}; pass a local path or a URI "
+                "such as s3://bucket/prefix"
+            ) from None
+        path = path.rstrip("/")
+        if not path:
+            raise DistillBenchError(f"results location {text!r} names no bucket or folder")
+        return Location(fs, path, text)
+    local = Path(text.removeprefix("file://")).expanduser().resolve()
+    return Location(_LOCAL_FS, str(local), str(local))
+
+
+_LOCAL_FS = pafs.LocalFileSystem()
+
+
+def rows_dir(results: str | Path | Location) -> Path | str:
+    """``<results>/rows``: a ``Path`` for local results, else a URI."""
+    return (location(results) / "rows").native()
+
+
+def sets_dir(results: str | Path | Location) -> Path | str:
+    """``<results>/sets``: a ``Path`` for local results, else a URI."""
+    return (location(results) / "sets").native()
+
+
+def check_results_dir(results: str | Path) -> Path | str:
+    """Resolve ``results`` and make sure it can hold results (not an existing file).
+
+    Local paths come back resolved (a ``Path``); URIs come back as they are, after the store was
+    reached (so a wrong bucket or endpoint fails here, before anything runs).
+    """
+    loc = location(results)
+    if not loc.local:
+        try:
+            info = loc.fs.get_file_info(loc.path)
+        except OSError as exc:
+            raise DistillBenchError(f"cannot reach results location {str(loc)!r}: {exc}") from None
+        if info.type == pafs.FileType.File:
+            raise DistillBenchError(f"results location {str(loc)!r} is an object, not a prefix; pass a folder")
+        return loc.uri
+    path = Path(loc.path)
+    if path.exists() and not path.is_dir():
+        raise DistillBenchError(f"results path {str(path)!r} is an existing file; pass a directory with --results")
+    for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise DistillBenchError(f"results path {str(results)!r} is inside a file ({parent})")
+                raise DistillBenchError(f"results path {str(path)!r} is inside a file ({parent})")
             break
-    return results
+    return path
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -185,31 +334,35 @@ def rows_from_json(text: str) -> list[dict[str, Any]]:
     return [make_row(r) for r in json.loads(text)]
 
 
-def write_rows(results: Path, rows: list[Mapping[str, Any]]) -> Path:
-    """Write one trial's rows (one per evaluation network) to ``<results>/rows/<trial_id>.parquet`` atomically."""
+def write_rows(results: str | Path | Location, rows: list[Mapping[str, Any]]) -> Path | str:
+    """Write one trial's rows (one per evaluation network) to ``<results>/rows/<trial_id>.parquet`` atomically.
+
+    ``results`` is a local path, an NFS path or a URI (see :func:`location`); the file appears whole or not at all.
+    """
     complete = [make_row(r) for r in rows]
     ids = {r["trial_id"] for r in complete}
     if len(ids) != 1 or not next(iter(ids)):
         raise ValueError(f"the rows of one file must share one non-empty trial_id, got {sorted(map(str, ids))}")
     table = pa.Table.from_pylist(complete, schema=SCHEMA)
-    path = rows_dir(results) / f"{complete[0]['trial_id']}.parquet"
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
-    return path
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    target = location(results) / "rows" / f"{complete[0]['trial_id']}.parquet"
+    target.write_bytes(sink.getvalue().to_pybytes())
+    return target.native()
 
 
-def write_row(results: Path, values: Mapping[str, Any]) -> Path:
+def write_row(results: str | Path | Location, values: Mapping[str, Any]) -> Path | str:
     """Write a trial with a single row; see :func:`write_rows`."""
     return write_rows(results, [values])
 
 
-def existing_trial_ids(results: Path, *, status: Iterable[str] | None = None) -> set[str]:
+def existing_trial_ids(results: str | Path | Location, *, status: Iterable[str] | None = None) -> set[str]:
     """Trial ids that already have a row (optionally only rows with one of the given statuses)."""
-    directory = rows_dir(results)
-    if not directory.is_dir():
+    files = (location(results) / "rows").files(".parquet")
+    if not files:
         return set()
-    ids = {p.stem for p in directory.glob("*.parquet") if not p.name.startswith(".")}
     if status is None:
-        return ids
+        return {f.name.removesuffix(".parquet") for f in files}
     wanted = set(status)
     frame = read_rows([results], columns=["trial_id", "status"])
     # A trial counts when every one of its rows (one per evaluation network) has a wanted status.
@@ -217,8 +370,8 @@ def existing_trial_ids(results: Path, *, status: Iterable[str] | None = None) ->
     return {str(t) for t, ok in done.items() if ok}
 
 
-def read_rows(results: Iterable[Path], *, columns: list[str] | None = None, on_bad: Any = None):  # noqa: ANN201
-    """All rows of one or more results directories as one pandas DataFrame.
+def read_rows(results: Iterable[str | Path | Location], *, columns: list[str] | None = None, on_bad: Any = None):  # noqa: ANN201
+    """All rows of one or more results directories (local paths or URIs) as one pandas DataFrame.
 
     Args:
         results: results directories.
@@ -230,14 +383,10 @@ def read_rows(results: Iterable[Path], *, columns: list[str] | None = None, on_b
 
     tables = []
     for result_dir in results:
-        directory = rows_dir(Path(result_dir))
-        if not directory.is_dir():
-            continue
-        for path in sorted(directory.glob("*.parquet")):
-            if path.name.startswith("."):
-                continue  # an unfinished temporary file of a write in progress
+        for file in (location(result_dir) / "rows").files(".parquet"):
+            path = file.native() if file.local else str(file)
             try:
-                table = pq.read_table(path)
+                table = pq.read_table(pa.BufferReader(file.read_bytes()))
             except Exception as exc:
                 reason = f"not a readable Parquet file ({type(exc).__name__}: {exc})"
                 if on_bad is None:
@@ -268,58 +417,83 @@ def read_rows(results: Iterable[Path], *, columns: list[str] | None = None, on_b
     return frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
 
 
+def copy_rows(results: str | Path | Location, dest: Path) -> Path:
+    """Copy ``<results>/rows`` into the local directory ``dest/rows``; returns ``dest``.
+
+    For tools that only read local folders (the leaderboard build); a local ``results`` is copied too.
+    """
+    target = Path(dest) / "rows"
+    target.mkdir(parents=True, exist_ok=True)
+    for file in (location(results) / "rows").files(".parquet"):
+        (target / file.name).write_bytes(file.read_bytes())
+    return Path(dest)
+
+
 # ------------------------------------------------------------------------------- distilled sets
-def save_set(directory: Path, stem: str, dset: Any, meta: Mapping[str, Any]) -> Path:
+def save_set(directory: str | Path | Location, stem: str, dset: Any, meta: Mapping[str, Any]) -> Path | str:
     """Save a DistilledSet as ``<directory>/<stem>.safetensors`` plus ``.json`` metadata, atomically.
 
     In a results directory the set goes to ``sets_dir(results)`` under its ``distill_id``. The JSON
-    is written last, so a set counts as present only when both files are complete.
+    is written last, so a set counts as present only when both files are complete. ``directory``
+    may be a local path or a URI (see :func:`location`).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {"x": dset.x.detach().cpu().contiguous(), "y": dset.y.detach().cpu().contiguous()}
     for key, value in dset.extras.items():
         tensors[f"extra.{key}"] = value.detach().cpu().contiguous()
-    base = Path(directory) / stem
-    tensor_path = base.with_suffix(".safetensors")
-    _atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp))
+    base = location(directory)
+    tensor_file = base / f"{stem}.safetensors"
+    tensor_file.write_bytes(save(tensors))
     document = {"set_meta": dset.meta, **meta}
     text = json.dumps(document, indent=2, sort_keys=True, default=str)
-    _atomic_write(base.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
-    return tensor_path
+    (base / f"{stem}.json").write_bytes(text.encode())
+    return tensor_file.native()
 
 
-def find_set(results: Path, distill_id: str) -> Path | None:
-    """The tensor file of a complete saved set, or None."""
-    base = sets_dir(results) / distill_id
-    tensor_path = base.with_suffix(".safetensors")
-    return tensor_path if tensor_path.is_file() and base.with_suffix(".json").is_file() else None
+def find_set(results: str | Path | Location, distill_id: str) -> Path | str | None:
+    """The tensor file of a complete saved set (a ``Path``, or a URI for remote results), or None."""
+    base = location(results) / "sets"
+    tensor_file = base / f"{distill_id}.safetensors"
+    return tensor_file.native() if tensor_file.is_file() and (base / f"{distill_id}.json").is_file() else None
 
 
-def load_set(path: Path) -> tuple[Any, dict[str, Any]]:
-    """Load a set saved by :func:`save_set`: ``(DistilledSet, metadata)``.
+def set_relpath(distill_id: str) -> str:
+    """Where a results directory keeps a set, relative to it (the ``set_path`` column)."""
+    return f"sets/{distill_id}.safetensors"
+
+
+def load_set(path: str | Path | Location) -> tuple[Any, dict[str, Any]]:
+    """Load a set saved by :func:`save_set`: ``(DistilledSet, metadata)``; ``path`` may be a URI.
 
     Raises:
         DataError: the file or its JSON metadata is missing or unreadable.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     from distillbench.harness.types import DistilledSet
 
-    path = Path(path)
-    if path.suffix == ".json":
-        path = path.with_suffix(".safetensors")
-    meta_path = path.with_suffix(".json")
-    if not path.is_file():
-        raise DataError(f"distilled set {str(path)!r} does not exist; pass the .safetensors file written by a run")
-    if not meta_path.is_file():
-        raise DataError(f"distilled set {str(path)!r} has no metadata file {meta_path.name!r} beside it")
+    loc = location(path)
+    if loc.path.endswith(".json"):
+        loc = _with_suffix(loc, ".safetensors")
+    meta_loc = _with_suffix(loc, ".json")
+    if not loc.is_file():
+        raise DataError(f"distilled set {str(loc)!r} does not exist; pass the .safetensors file written by a run")
+    if not meta_loc.is_file():
+        raise DataError(f"distilled set {str(loc)!r} has no metadata file {meta_loc.name!r} beside it")
     try:
-        tensors = load_file(str(path))
-        meta = json.loads(meta_path.read_text())
+        tensors = load(loc.read_bytes())
+        meta = json.loads(meta_loc.read_bytes())
     except Exception as exc:
-        raise DataError(f"cannot read distilled set {str(path)!r}: {type(exc).__name__}: {exc}") from None
+        raise DataError(f"cannot read distilled set {str(loc)!r}: {type(exc).__name__}: {exc}") from None
     if "x" not in tensors or "y" not in tensors:
-        raise DataError(f"{str(path)!r} is not a distilled set (tensors 'x' and 'y' missing)")
+        raise DataError(f"{str(loc)!r} is not a distilled set (tensors 'x' and 'y' missing)")
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
     return DistilledSet(tensors["x"], tensors["y"], extras, dict(meta.get("set_meta", {}))), meta
+
+
+def _with_suffix(loc: Location, suffix: str) -> Location:
+    stem = loc.name.rsplit(".", 1)[0] if "." in loc.name else loc.name
+    parent_path = loc.path.rsplit("/", 1)[0]
+    base, sep, query = loc.uri.partition("?")
+    return Location(loc.fs, f"{parent_path}/{stem}{suffix}", f"{base.rsplit('/', 1)[0]}/{stem}{suffix}{sep}{query}")

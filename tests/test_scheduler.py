@@ -59,22 +59,94 @@ def grid_file(tmp_path):
 RAY_INIT = {"num_cpus": 2, "object_store_memory": 100 * 2**20}
 
 
+class TestResources:
+    """Per-trial CPUs and (fractional) GPUs from the grid, overridable per method."""
+
+    def test_per_method_override(self):
+        """A method listed under per_method gets its own amounts; missing keys fall back to the defaults."""
+        from distillbench.harness.spec import parse_resources, trial_resources
+
+        res = parse_resources({"cpu": 1, "gpu": 0.25, "per_method": {"dc": {"cpu": 2, "gpu": 0.5}, "dm": {"cpu": 3}}})
+        assert trial_resources(res, "dc") == {"cpu": 2, "gpu": 0.5}
+        assert trial_resources(res, "dm") == {"cpu": 3, "gpu": 0.25}
+        assert trial_resources(res, "random") == {"cpu": 1, "gpu": 0.25}
+        assert parse_resources(None) == {"cpu": 1, "gpu": 0}
+
+    @pytest.mark.parametrize(
+        ("block", "message"),
+        [
+            ({"cpu": 0}, "resources.cpu must be positive"),
+            ({"gpu": 1.5}, "resources.gpu must be a fraction up to 1 or a whole number of GPUs"),
+            ({"mem": 4}, "resources: unknown keys ['mem']; valid keys: cpu, gpu"),
+            ({"per_method": {"dcc": {"cpu": 2}}}, "resources.per_method: unknown method 'dcc'. Did you mean: dc?"),
+            ({"per_method": {"dc": {"gpus": 1}}}, "resources.per_method.dc: unknown keys ['gpus']"),
+            ({"per_method": {"dc": 2}}, "resources.per_method.dc must be a mapping such as {cpu: 1, gpu: 0.25}"),
+            ({"per_method": {"dm[iterations=5]": {"cpu": 2}}}, "per_method keys are bare method names"),
+            ({"per_method": {"dc": {"gpu": -1}}}, "resources.per_method.dc.gpu must be a non-negative number"),
+        ],
+    )
+    def test_invalid_blocks_are_clear_errors(self, block, message):
+        """Each malformed resources block is a one-line error naming the key."""
+        from distillbench.harness.errors import DistillBenchError
+        from distillbench.harness.spec import parse_resources
+
+        with pytest.raises(DistillBenchError) as info:
+            parse_resources(block)
+        assert message in str(info.value)
+
+    def test_placement_bundle(self):
+        """The Tune placement is one bundle with the trial's CPUs, plus GPUs only when asked for."""
+        from distillbench.harness.scheduler import _placement
+
+        assert _placement({"trial": {"cpu": 2, "gpu": 0.5}}).required_resources == {"CPU": 2.0, "GPU": 0.5}
+        assert _placement({"trial": {"cpu": 1, "gpu": 0}}).required_resources == {"CPU": 1.0}
+
+
 def test_grid_rows_failures_and_resume(grid_file, tmp_path):
-    """Every trial leaves one row (errors included); a re-run skips the finished ones and retries errors."""
+    """Every trial leaves one row (errors included); a re-run skips the finished ones and retries errors.
+
+    The grid also overrides resources for one method: its trials ask Ray for half a (logical) GPU.
+    """
+    from ray import tune
+
     from distillbench.harness.scheduler import run_grid
 
-    grid = load_grid_file(grid_file)
+    document = yaml.safe_load(grid_file.read_text())
+    document["resources"] = {"cpu": 1, "per_method": {"always_fails": {"cpu": 1, "gpu": 0.5}}}
+    mixed = grid_file.with_name("mixed.yaml")
+    mixed.write_text(yaml.safe_dump(document))
+    grid = load_grid_file(mixed)
     results = tmp_path / "results"
     stream = io.StringIO()
+
+    class PlacementRecorder(tune.Callback):
+        """Driver side: each trial's method and the resources it asked Ray for."""
+
+        def __init__(self) -> None:
+            self.seen: dict[str, dict[str, float]] = {}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            spec = trial.config["trial"]["spec"]
+            self.seen[f"{spec['method']}-{spec['ipc']}"] = dict(trial.placement_group_factory.required_resources)
+
+    recorder = PlacementRecorder()
     outcome = run_grid(
         grid.trials,
         results=results,
         data_root=tmp_path,
         grid_name=grid.name,
+        resources=grid.resources,
         plugins=grid.plugins,
-        ray_init=RAY_INIT,
+        ray_init={**RAY_INIT, "num_gpus": 1},
         stream=stream,
+        callbacks=[recorder],
     )
+    assert recorder.seen == {
+        "random-1": {"CPU": 1.0},
+        "random-2": {"CPU": 1.0},
+        "always_fails-1": {"CPU": 1.0, "GPU": 0.5},
+        "always_fails-2": {"CPU": 1.0, "GPU": 0.5},
+    }
     assert (outcome.total, outcome.ok, outcome.failed, outcome.pending) == (4, 2, 2, 0), stream.getvalue()
     frame = store.read_rows([results])
     assert sorted(frame["trial_id"]) == sorted(t.trial_id for t in grid.trials), "one row per trial"
