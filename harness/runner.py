@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from distillbench.harness import store
+from distillbench.harness.checkpoint import Checkpointer
 from distillbench.harness.errors import DistillBenchError, DivergedError
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.spec import ResolvedTrial, TrialSpec
@@ -124,6 +125,7 @@ def distill_set(
     data: DataBundle,
     *,
     device: torch.device,
+    checkpoint: Any = None,
     progress: Callable[[float, str], None] | None = None,
     cache_dir: Path | None = None,
     base: DistilledSet | None = None,
@@ -137,6 +139,8 @@ def distill_set(
     native = _with_native_labels(resolved)
     seed = derive_seed(resolved.spec.seed, "distill", (native or resolved).distill_id)
     ctx = Context(device=device, generator=torch_generator(seed), seed=seed, progress=progress, cache_dir=cache_dir)
+    if checkpoint is not None:  # a Checkpointer: the method's loop resumes from it
+        ctx.checkpoint = checkpoint
     if base is not None:
         dset = base
     else:
@@ -247,16 +251,24 @@ def run_trial(
             reused = True
         else:
             t0 = time.perf_counter()
+            checkpoint = Checkpointer.for_trial(results, resolved.distill_id) if results is not None else None
             native = _with_native_labels(resolved) if (results is not None and reuse_sets) else None
             found = store.find_set(results, native.distill_id) if native is not None else None
             base = store.load_set(found)[0] if found is not None else None
             dset = distill_set(
-                resolved, data, device=device, progress=progress, cache_dir=_teacher_dir(results), base=base
+                resolved,
+                data,
+                checkpoint=checkpoint,
+                device=device,
+                progress=progress,
+                cache_dir=_teacher_dir(results),
+                base=base,
             )
             distill_seconds = time.perf_counter() - t0
             if results is not None:
                 meta = _set_metadata(resolved, distill_seconds)
                 existing = store.save_set(store.sets_dir(results), resolved.distill_id, dset, meta)
+                checkpoint.clear()  # the set is saved: nothing left to resume
         if set_path is not None:
             _save_at(Path(set_path), dset, _set_metadata(resolved, distill_seconds))
         row.update(

@@ -112,6 +112,8 @@ class Context:
         weights: per-sample weights of the real training set (``None`` without a weighting).
         progress: optional callback ``(fraction_done, message)``.
         time_budget_s: optional soft wall-clock budget; methods may stop early and record it.
+        checkpoint: periodic loop checkpoints (``resume`` / ``maybe_save``; see
+            :mod:`distillbench.harness.checkpoint`); a no-op unless the runner gives the trial one.
         cache_dir: where shared artefacts such as trained teachers are stored (``<results>/teachers``
             under the runner); ``None`` means the user cache (``$DISTILLBENCH_CACHE`` or ``~/.cache/distillbench``).
     """
@@ -122,9 +124,16 @@ class Context:
     weights: torch.Tensor | None = None
     progress: ProgressFn | None = None
     time_budget_s: float | None = None
+    checkpoint: Any = dataclasses.field(default_factory=lambda: _no_checkpoint())
     cache_dir: Path | None = None
 
     def report(self, fraction: float, message: str = "") -> None:
         """Forward progress to the callback, if any."""
         if self.progress is not None:
             self.progress(fraction, message)
+
+
+def _no_checkpoint() -> Any:
+    from distillbench.harness.checkpoint import NoCheckpoint
+
+    return NoCheckpoint()

@@ -361,7 +361,8 @@ def run_gradient_matching(
         start_message=f"starting ({outer_loop} outer x {inner_loop} inner steps per iteration)",
     )
 
-    for it in range(p.iterations):
+    start = ctx.checkpoint.resume(syn=syn, opt=opt_img, gen=gen, tracker=tracker)
+    for it in range(start, p.iterations):
         net = factory.build(info, torch_generator(derive_seed(ctx.seed, method, "net", it))).to(device)
         opt_net = torch.optim.SGD(net.parameters(), lr=p.lr_net)
         bn = has_batchnorm(net)
@@ -391,6 +392,7 @@ def run_gradient_matching(
         # Mean matching distance per (outer step, class); the tracker reads it once per report window.
         if tracker.step(it_loss / (outer_loop * num_classes)):
             break
+        ctx.checkpoint.maybe_save(it + 1, syn=syn, opt=opt_img, gen=gen, tracker=tracker)
 
     meta.update(tracker.meta())
     return DistilledSet(x=syn.detach().cpu(), y=labels.cpu(), meta=meta)

@@ -74,6 +74,16 @@ class LossTracker:
             return True
         return False
 
+    def state_dict(self) -> dict[str, Any]:
+        """The progress so far, for a checkpoint (:mod:`distillbench.harness.checkpoint`)."""
+        keys = ("done", "window_sum", "window_start", "last", "curve", "stopped_early")
+        return {key: getattr(self, key) for key in keys}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (the time budget counts from the resume)."""
+        for key, value in state.items():
+            setattr(self, key, value)
+
     def meta(self) -> dict[str, Any]:
         """Iterations planned and done, early stop, last loss and the loss curve, for ``DistilledSet.meta``."""
         return {

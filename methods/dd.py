@@ -292,7 +292,8 @@ class DatasetDistillation(DistillationMethod):
         tracker = LossTracker("dd", total, ctx, f"(lr={p.lr}, distill_lr={p.distill_lr}); lower lr or distill_lr")
         stopped_early = False
 
-        for epoch in range(p.epochs):
+        state = {"images": images, "raw_lrs": raw_lrs, "labels": labels, "opt": opt, "sched": sched, "gen": gen}
+        for epoch in range(ctx.checkpoint.resume(**state, tracker=tracker), p.epochs):
             order = torch.randperm(n_train, generator=gen, device=gen.device).to(device)
             for b in range(per_epoch):
                 idx = order[b * batch : (b + 1) * batch]
@@ -326,6 +327,7 @@ class DatasetDistillation(DistillationMethod):
             sched.step()
             if stopped_early:
                 break
+            ctx.checkpoint.maybe_save(epoch + 1, **state, tracker=tracker)  # at epoch ends: no mid-epoch order
 
         x_out = images.detach().reshape(steps * per_step, *shape).cpu()
         if not bool(torch.isfinite(x_out).all()):

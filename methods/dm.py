@@ -130,8 +130,9 @@ class DistributionMatching(DistillationMethod):
         syn_groups = torch.arange(num_classes, device=device).repeat_interleave(ipc)
 
         tracker = LossTracker("dm", p.iterations, ctx, f"(lr_img={p.lr_img}); lower lr_img")
+        start = ctx.checkpoint.resume(syn=syn, opt=opt, gen=gen, tracker=tracker)
 
-        for it in range(p.iterations):
+        for it in range(start, p.iterations):
             net = factory.build(info, torch_generator(derive_seed(ctx.seed, "dm", "net", it))).to(device)
             net.requires_grad_(False)
             net.train()  # as the reference: BN (if any) normalises with batch statistics
@@ -169,6 +170,7 @@ class DistributionMatching(DistillationMethod):
             opt.step()
             if tracker.step(loss):
                 break
+            ctx.checkpoint.maybe_save(it + 1, syn=syn, opt=opt, gen=gen, tracker=tracker)
 
         meta.update(tracker.meta())
         return DistilledSet(
