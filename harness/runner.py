@@ -9,8 +9,10 @@ It imports no Ray: the scheduler calls it inside Ray workers, the CLI and the te
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
+import gc
 import importlib.metadata
 import json
 import platform
@@ -27,7 +29,7 @@ import torch
 
 from distillbench.harness import store
 from distillbench.harness.checkpoint import Checkpointer
-from distillbench.harness.errors import DistillBenchError, DivergedError
+from distillbench.harness.errors import DataError, DistillBenchError, DivergedError
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.spec import ResolvedTrial, TrialSpec
 from distillbench.harness.types import Context, DataBundle, DistilledSet
@@ -102,8 +104,74 @@ def _load_cached(dataset_spec: str, root: str, download: bool) -> DataBundle:
 
 
 def load_data(resolved: ResolvedTrial, data_root: Path, *, download: bool = False) -> DataBundle:
-    """The trial's dataset (cached per process)."""
-    return _load_cached(resolved.spec.dataset, str(Path(data_root).expanduser().resolve()), download)
+    """The trial's dataset (cached per process).
+
+    Raises:
+        DataError: the data is missing or unreadable here; the message names this node, the data
+            root and the fix (on a cluster, every node needs the data at the same path).
+    """
+    root = Path(data_root).expanduser().resolve()
+    try:
+        return _load_cached(resolved.spec.dataset, str(root), download)
+    except DataError as exc:
+        state = "does not exist" if not root.exists() else "is incomplete"
+        raise DataError(
+            f"on node {socket.gethostname()!r} the data root {root} {state}: {exc} (on a cluster every node "
+            f"needs the data under {root}: mount it at that path on every node, or set 'download: true' in the "
+            "grid and each node downloads it once, under a file lock)"
+        ) from None
+
+
+class TrialOutOfMemory(DistillBenchError):
+    """A trial ran out of (GPU or host) memory and its method could not shrink enough to fit."""
+
+
+_OOM_ERRORS = (torch.OutOfMemoryError, MemoryError)
+
+
+def _release_memory(device: torch.device) -> None:
+    """Free what a finished (or failed) trial left behind, so the next trial on a reused worker starts clean."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _distill_or_shrink(resolved: ResolvedTrial, data: DataBundle, **kwargs: Any) -> DistilledSet:
+    """``distill_set``; after an out-of-memory error, once more with the method's smaller parameters.
+
+    The set then records ``meta["effective_method_params"]`` and ``meta["notes"]`` (the row shows both).
+    """
+    from distillbench.harness.params import params_to_dict
+
+    try:
+        return distill_set(resolved, data, **kwargs)
+    except _OOM_ERRORS as exc:
+        first = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or ['out of memory'])[0]}"
+    _release_memory(kwargs["device"])
+    smaller = resolved.method.obj.shrink_for_oom(resolved.method.params)
+    if smaller is None:
+        raise TrialOutOfMemory(
+            f"out of memory in method {resolved.method.display!r} ({first}); the method cannot shrink its "
+            "batch: give its trials more GPU (resources.per_method in the grid) or lower its batch parameters"
+        )
+    before, after = params_to_dict(resolved.method.params), params_to_dict(smaller)
+    changed = ", ".join(f"{k}={after[k]}" for k in sorted(after) if after[k] != before.get(k))
+    was = ", ".join(f"{k}={before[k]}" for k in sorted(after) if after[k] != before.get(k))
+    checkpoint = kwargs.get("checkpoint")
+    if checkpoint is not None:
+        checkpoint.clear()  # its state belongs to the larger batch
+    retry = dataclasses.replace(resolved, method=resolved.method._replace(params=smaller))
+    try:
+        dset = distill_set(retry, data, **kwargs)
+    except _OOM_ERRORS as exc:
+        raise TrialOutOfMemory(
+            f"out of memory in method {resolved.method.display!r} ({first}), and again after retrying with "
+            f"{changed} ({type(exc).__name__}); give its trials more GPU (resources.per_method) or lower its "
+            "batch parameters"
+        ) from None
+    dset.meta["effective_method_params"] = after
+    dset.meta["notes"] = f"out of memory with {was} ({first}); retried once with {changed}"
+    return dset
 
 
 def _peak_memory(device: torch.device) -> int:
@@ -255,7 +323,7 @@ def run_trial(
             native = _with_native_labels(resolved) if (results is not None and reuse_sets) else None
             found = store.find_set(results, native.distill_id) if native is not None else None
             base = store.load_set(found)[0] if found is not None else None
-            dset = distill_set(
+            dset = _distill_or_shrink(
                 resolved,
                 data,
                 checkpoint=checkpoint,
@@ -277,6 +345,12 @@ def run_trial(
             set_bytes=dset.nbytes(),
             n_distilled=len(dset),
             soft_labels=dset.soft,
+            effective_method_params=(
+                json.dumps(dset.meta["effective_method_params"], sort_keys=True)
+                if "effective_method_params" in dset.meta
+                else None
+            ),
+            notes=dset.meta.get("notes"),
             label_tau=dset.meta.get("label_tau"),
             set_path=store.set_relpath(resolved.distill_id) if (existing is not None and results is not None) else None,
         )
@@ -297,6 +371,8 @@ def run_trial(
         rows = [{**row, "status": "error", "error": _error_text(exc)}]
     end = dt.datetime.now(dt.UTC)
     peak = _peak_memory(device)
+    if device.type == "cuda":  # per-trial peak (reset at the start) and a clean device for the next trial
+        _release_memory(device)
     return [store.make_row({**r, "peak_memory_bytes": peak, "end_time": end}) for r in rows]
 
 

@@ -101,6 +101,13 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     # status
     ("status", _S, "ok, error or diverged"),
     ("error", _S, "error text when status is not ok"),
+    (
+        "effective_method_params",
+        _S,
+        "method parameters actually used, as JSON, when they differ from method_params (a smaller batch "
+        "after running out of memory); null otherwise",
+    ),
+    ("notes", _S, "what the harness changed while running the trial (an out-of-memory retry); null otherwise"),
 )
 
 SCHEMA = pa.schema([pa.field(name, tp) for name, tp, _ in COLUMNS])

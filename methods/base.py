@@ -11,6 +11,8 @@ Optional hooks:
     validate(info, ipc): reject a dataset or ipc the method cannot handle, before anything runs.
     num_samples(info, ipc): how many samples ``distill`` returns (default ``ipc * num_classes``;
         ``None`` when only the loaded data tells, as for ``full``).
+    shrink_for_oom(params) (classmethod): smaller parameters to retry with once after running out of
+        memory, or ``None``; the default halves ``batch_real`` (dm, dc, dsa) while it is above 1.
 
 Class attributes:
     Params: frozen dataclass of hyperparameters, defaults from the method's paper.
@@ -26,6 +28,7 @@ Class attributes:
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, ClassVar
 
 from distillbench.harness.errors import ConfigError, IncompatibleError
@@ -57,6 +60,18 @@ class DistillationMethod(abc.ABC):
             )
         if ipc < 1:
             raise ConfigError(f"ipc must be at least 1, got {ipc}")
+
+    @classmethod
+    def shrink_for_oom(cls, params: Any) -> Any | None:
+        """Parameters that need less memory, for one retry after an out-of-memory error; ``None`` if none.
+
+        The default halves ``batch_real`` (real images per class per step) when the parameters have
+        one above 1; methods with other memory knobs override this.
+        """
+        batch = getattr(params, "batch_real", None)
+        if dataclasses.is_dataclass(params) and isinstance(batch, int) and batch > 1:
+            return dataclasses.replace(params, batch_real=batch // 2)
+        return None
 
     def num_samples(self, info: DatasetInfo, ipc: int) -> int | None:
         """Number of samples ``distill`` returns (``None``: it depends on the loaded data)."""
