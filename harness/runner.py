@@ -213,7 +213,12 @@ def distill_set(
         dset = base
     else:
         weighting = resolved.weighting.obj(resolved.weighting.params)
-        ctx.weights = weighting.compute(data, ctx)
+        # The weights belong to (data, weighting, trial seed), not to the method or the IPC: every
+        # trial of a seed that reweights the same data sees the same weights, and a process that
+        # already computed them (kde's encoder) reuses them.
+        wseed = derive_seed(resolved.spec.seed, "weighting", resolved.dataset.display, resolved.weighting.display)
+        wctx = Context(device=device, generator=torch_generator(wseed), seed=wseed, progress=progress)
+        ctx.weights = weighting.compute(data, wctx)
         method = resolved.method.obj(resolved.method.params)
         dset = method.distill(data, resolved.spec.ipc, ctx)
     stage = resolved.labels.obj(resolved.labels.params)

@@ -103,3 +103,34 @@ class TestCrossArchitecture:
             assert len(store.read_rows([tmp_path])) == 2
             assert store.existing_trial_ids(tmp_path, status=("ok",)) == {rows[0]["trial_id"]}
         assert "tiny-cross" not in PROTOCOLS
+
+
+class TestWeightingSeed:
+    """Sample weights depend on the data, the weighting and the trial seed, not on the method or IPC."""
+
+    def test_same_weights_across_methods_and_ipcs(self, tiny_protocol):
+        from distillbench.harness.runner import distill_set, load_data
+        from distillbench.harness.spec import resolve_trial
+        from distillbench.harness.stages import Weighting
+
+        seen: list[int] = []
+
+        class Recording(Weighting):
+            name = "recording"
+
+            def compute(self, data, ctx):
+                seen.append(ctx.seed)
+                return torch.ones(len(data.train))
+
+        with temp_plugin("weightings", "recording", Recording):
+            for method, ipc, seed in (
+                ("dm[iterations=1]", 1, 0),
+                ("dc[iterations=1]", 2, 0),
+                ("dm[iterations=1]", 1, 1),
+            ):
+                resolved = resolve_trial(TrialSpec("digits", method, ipc, weighting="recording", seed=seed))
+                distill_set(resolved, load_data(resolved, "."), device=torch.device("cpu"))
+        assert seen[0] == seen[1], (
+            "trials of one seed with other method parameters and IPC must see the same weighting seed"
+        )
+        assert seen[2] != seen[0], "another trial seed must give the weighting another seed"
