@@ -157,6 +157,43 @@ class DSA:
         params = _draw(family, x.shape[0], x.shape[-1], generator, generator.device)
         return _apply(family, x, {k: v.to(x.device) for k, v in params.items()})
 
+    def per_sample_many(self, x: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """:meth:`per_sample` for K batches at once: ``x[k]`` augmented with draws from ``generators[k]``.
+
+        Each generator draws exactly what ``per_sample(x[k], generators[k])`` would (its family, then its
+        per-sample parameters), so the result equals K separate calls; but each family is applied once,
+        to the rows of every batch that picked it, instead of once per batch.
+
+        Args:
+            x: ``[K, n, C, H, W]``.
+            generators: K generators.
+
+        Returns:
+            ``[K, n, C, H, W]``.
+        """
+        if not self.families:
+            return x
+        k, n = x.shape[0], x.shape[1]
+        picks, draws = [], []
+        for g in generators:
+            family = self._pick_family(g, g.device)
+            picks.append(family)
+            draws.append({key: v.cpu() for key, v in _draw(family, n, x.shape[-1], g, g.device).items()})
+        flat = x.reshape(k * n, *x.shape[2:])
+        result = flat
+        for family in self.families:
+            members = [i for i, f in enumerate(picks) if f == family]
+            if not members:
+                continue
+            params = {key: torch.cat([draws[i][key] for i in members]).to(x.device) for key in draws[members[0]]}
+            if len(members) == k:
+                result = _apply(family, flat, params)
+            else:
+                # Row indices are built on the host and copied over: no device-to-host synchronisation.
+                rows = torch.cat([torch.arange(i * n, (i + 1) * n) for i in members]).to(x.device)
+                result = result.index_put((rows,), _apply(family, flat[rows], params))
+        return result.view_as(x)
+
     def siamese(
         self,
         tensors: list[torch.Tensor],
@@ -183,18 +220,22 @@ class DSA:
         draws = {f: _draw(f, n_groups, size, generator, dev) for f in self.families}
         out = []
         for x, g in zip(tensors, groups, strict=True):
+            # Family masks and indices live with the generator (the host for a CPU generator); only the
+            # gathered parameters and row indices go to the images' device, so a GPU run never waits
+            # for the host here. Pass ``groups`` on the generator's device to avoid a copy back.
             g_dev = g.to(dev)
-            fam = family_of_group[g_dev].to(x.device)
+            fam = family_of_group[g_dev]
             result = x
             for fi, family in enumerate(self.families):
                 mask = fam == fi
                 if not bool(mask.any()):
                     continue
                 idx = torch.nonzero(mask, as_tuple=True)[0]
-                p = {k: v[g_dev[idx.to(dev)]].to(x.device) for k, v in draws[family].items()}
+                p = {k: v[g_dev[idx]].to(x.device) for k, v in draws[family].items()}
                 if bool(mask.all()):
                     result = _apply(family, x, p)
                 else:
-                    result = result.index_put((idx,), _apply(family, x[idx], p))
+                    idx_x = idx.to(x.device)
+                    result = result.index_put((idx_x,), _apply(family, x[idx_x], p))
             out.append(result)
         return out

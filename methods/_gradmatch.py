@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, grad, vmap
 
 from distillbench.harness.augment import DSA
 from distillbench.harness.errors import ConfigError
@@ -220,6 +221,126 @@ def class_distance(
     return gradient_distance(g_real, g_syn, metric)
 
 
+def samples_independent(net: nn.Module) -> bool:
+    """Whether ``net``'s output for a sample is independent of the rest of its batch (as it is now).
+
+    True unless a batch-norm layer is in training mode (batch statistics) or a dropout layer is active
+    (its mask comes from the global stream, so one joint pass would draw differently). Batch norm
+    frozen by :func:`freeze_batchnorm_statistics` is in eval mode and counts as independent.
+    """
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd) and m.training:
+            return False
+    return True
+
+
+def real_class_gradients(
+    net: nn.Module,
+    real: list[torch.Tensor],
+    labels: list[int],
+    weights: list[torch.Tensor] | None = None,
+) -> list[list[torch.Tensor]]:
+    """The detached gradient of each class's real cross-entropy, one list of tensors per class.
+
+    When every class batch has the same size and the network treats samples independently
+    (:func:`samples_independent`), all classes go through one vmapped forward and backward
+    (``torch.func.vmap`` over ``torch.func.grad``), which is the per-class computation with the class
+    as a batch dimension; otherwise one ``torch.autograd.grad`` per class. Either way no graph is kept.
+
+    Args:
+        net: the network; the gradient is taken with respect to its parameters that require grad.
+        real: per class, its (augmented) real images ``[n_c, C, H, W]``.
+        labels: per class, its label.
+        weights: per class, optional per-sample weights (see :func:`weighted_cross_entropy`).
+    """
+    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    sizes = {len(r) for r in real}
+    if len(sizes) == 1 and samples_independent(net):
+        n = sizes.pop()
+        frozen = {name: t for name, t in net.named_parameters() if not t.requires_grad}
+        frozen |= dict(net.named_buffers())
+
+        def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+            return weighted_cross_entropy(functional_call(net, (p, frozen), (x,)), y, w)
+
+        x = torch.stack(real)
+        y = torch.tensor(labels, dtype=torch.int64).repeat_interleave(n).view(len(real), n).to(x.device)
+        w = torch.stack(weights) if weights is not None else None
+        per_class = vmap(grad(loss), in_dims=(None, 0, 0, 0 if w is not None else None))(
+            {name: t.detach() for name, t in named}, x, y, w
+        )
+        return [[per_class[name][c] for name, _ in named] for c in range(len(real))]
+    out = []
+    for c, (x, label) in enumerate(zip(real, labels, strict=True)):
+        y = torch.full((len(x),), label, dtype=torch.int64, device=x.device)
+        w = weights[c] if weights is not None else None
+        out.append([g.detach() for g in torch.autograd.grad(weighted_cross_entropy(net(x), y, w), params)])
+    return out
+
+
+def match_all_classes(
+    net: nn.Module,
+    x_train: torch.Tensor,
+    idx_by_class: list[torch.Tensor],
+    syn: torch.Tensor,
+    ipc: int,
+    metric: str,
+    aug: DSA,
+    generator: torch.Generator,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matching distance of every class and its gradient with respect to the synthetic images.
+
+    The same loss as :func:`class_distance` summed over classes, computed with the real side batched:
+    one Siamese augmentation call for all classes (class ``c``'s real and synthetic images share one
+    draw) and the real gradients of all classes from :func:`real_class_gradients`. The synthetic side
+    stays per class (each class's second-order graph is freed before the next).
+
+    Args:
+        net: the network.
+        x_train: the real training images (on the device).
+        idx_by_class: per class, the indices of its sampled real images.
+        syn: the synthetic images, class-major, ``ipc`` per class.
+        ipc: synthetic images per class.
+        metric: see :func:`gradient_distance`.
+        aug: DSA (inactive for plain DC).
+        generator: randomness of the augmentation.
+        weights: optional per-sample weights of the whole training set.
+
+    Returns:
+        The ``[C]`` distances (detached) and the gradient of their sum with respect to ``syn``.
+    """
+    num_classes = len(idx_by_class)
+    device = syn.device
+    leaf = syn.detach().requires_grad_(True)
+    idx = torch.cat(idx_by_class).to(device)
+    real_all = x_train[idx]
+    syn_in = leaf
+    if aug:
+        gen_dev = generator.device
+        sizes = torch.tensor([len(i) for i in idx_by_class], device=gen_dev)
+        real_groups = torch.arange(num_classes, device=gen_dev).repeat_interleave(sizes)
+        syn_groups = torch.arange(num_classes, device=gen_dev).repeat_interleave(ipc)
+        real_all, syn_in = aug.siamese([real_all, leaf], [real_groups, syn_groups], num_classes, generator)
+    real = list(real_all.split([len(i) for i in idx_by_class]))
+    w = list(weights[idx].split([len(i) for i in idx_by_class])) if weights is not None else None
+    g_real = real_class_gradients(net, real, list(range(num_classes)), w)
+    params = [p for p in net.parameters() if p.requires_grad]
+    grad_syn = torch.zeros_like(syn)
+    dists = []
+    for c in range(num_classes):
+        syn_c = syn_in[c * ipc : (c + 1) * ipc]
+        y_syn = torch.full((ipc,), c, dtype=torch.int64, device=device)
+        g_syn = torch.autograd.grad(F.cross_entropy(net(syn_c), y_syn), params, create_graph=True)
+        dist = gradient_distance(g_real[c], g_syn, metric)
+        # The augmentation graph of the whole synthetic batch is shared by the classes: keep it until the last.
+        (g,) = torch.autograd.grad(dist, leaf, retain_graph=bool(aug) and c < num_classes - 1)
+        grad_syn += g
+        dists.append(dist.detach())
+    return torch.stack(dists), grad_syn
+
+
 def has_batchnorm(net: nn.Module) -> bool:
     """Whether ``net`` contains batch-norm layers (their statistics need the real-data treatment)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
@@ -372,18 +493,11 @@ def run_gradient_matching(
             if bn:
                 bn_idx = torch.cat([_sample_class(m, BN_IMAGES_PER_CLASS, gen) for m in members]).to(device)
                 freeze_batchnorm_statistics(net, x_train[bn_idx])
-            grad = torch.zeros_like(syn)
-            for c in range(num_classes):
-                idx = _sample_class(members[c], p.batch_real, gen).to(device)
-                # A per-class leaf: its gradient is written into the class's rows of ``grad``.
-                syn_c = syn.detach()[c * ipc : (c + 1) * ipc].requires_grad_(True)
-                w = weights[idx] if weights is not None else None
-                dist = class_distance(net, x_train[idx], syn_c, c, p.dis_metric, aug, gen, w)
-                (g,) = torch.autograd.grad(dist, syn_c)
-                grad[c * ipc : (c + 1) * ipc] += g
-                it_loss += dist.detach()
+            idx_by_class = [_sample_class(members[c], p.batch_real, gen) for c in range(num_classes)]
+            dists, grad_syn = match_all_classes(net, x_train, idx_by_class, syn, ipc, p.dis_metric, aug, gen, weights)
+            it_loss += dists.detach().sum()
             opt_img.zero_grad(set_to_none=True)
-            syn.grad = grad
+            syn.grad = grad_syn
             opt_img.step()
             if ol == outer_loop - 1:
                 break  # the reference does not train the network after its last image update

@@ -286,14 +286,14 @@ class TestDSA:
     def test_loop_uses_siamese_matching_and_per_sample_training(
         self, digits: DataBundle, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Every class's real and synthetic batch go through one siamese call; training batches per sample."""
+        """One siamese call per outer step pairs every class's real and synthetic batch; training batches per sample."""
         RecordingDSA.calls = []
         monkeypatch.setattr(_gradmatch, "DSA", RecordingDSA)
         run(make("dsa", iterations=1, outer_loop=2, inner_loop=1), digits, ipc=2)
         siamese = [c for c in RecordingDSA.calls if c[0] == "siamese"]
         per_sample = [c for c in RecordingDSA.calls if c[0] == "per_sample"]
-        # 2 outer steps x 10 classes, each with the class's 16 real and 2 synthetic images, one group.
-        assert siamese == [("siamese", [16, 2], 1)] * 20
+        # 2 outer steps, each one call for all 10 classes (16 real and 2 synthetic images per class group).
+        assert siamese == [("siamese", [160, 20], 10)] * 2
         # One inner epoch between the two image updates: one batch of all 20 synthetic images.
         assert per_sample == [("per_sample", 20)]
 
