@@ -19,6 +19,13 @@ Two choices differ from the reference code on purpose:
   trains ``epochs + 1`` epochs and drops the rate after ``epochs // 2 + 1``; here a protocol's
   ``epochs`` are exactly what runs, and the rate drops once ``int(epochs * lr_decay_at)`` are done.
 
+* **Two engines, one math.** ``sequential`` trains the K models one after another
+  (:func:`train_on_set`); ``batched`` (:mod:`~distillbench.harness.batched`) trains them together,
+  one vmapped step over stacked parameters, each model drawing from its own generator exactly as
+  sequentially. ``DISTILLBENCH_EVAL_ENGINE=batched|sequential`` picks one; the default is batched on
+  CUDA and sequential on the CPU. Networks with batch norm or dropout, and online relabelling, always
+  train sequentially (the reason goes to the progress callback).
+
 ``dset.extras`` (for example DD's learned step sizes) are ignored by this engine; protocols that replay
 them are separate.
 """
@@ -36,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillbench.harness.augment import DSA
+from distillbench.harness.batched import maybe_train_batched
 from distillbench.harness.metrics import BIAS_COLUMNS, bias_metrics, has_bias_groups, is_long_tailed, shot_metrics
 from distillbench.harness.networks import build_network
 from distillbench.harness.protocols import EvalProtocol, replays_set
@@ -357,9 +365,14 @@ def evaluate(
     _check_inputs(protocol, dset, info)
     device = torch.device(device)
     scorer = Scorer(data, device)
+    seeds = [derive_seed(seed, "eval", protocol.name, protocol.version, k) for k in range(protocol.n_models)]
+    models = maybe_train_batched(protocol, dset, info, seeds=seeds, device=device, network=network, progress=progress)
     for k in range(protocol.n_models):
-        generator = torch_generator(derive_seed(seed, "eval", protocol.name, protocol.version, k), "cpu")
-        model = train_on_set(protocol, dset, info, generator=generator, device=device, network=network)
+        if models is not None:
+            model = models[k]
+        else:
+            generator = torch_generator(seeds[k], "cpu")
+            model = train_on_set(protocol, dset, info, generator=generator, device=device, network=network)
         acc = scorer.add(model)
         if progress is not None:
             progress((k + 1) / protocol.n_models, f"eval model {k + 1}/{protocol.n_models}: test acc {acc:.4f}")
