@@ -13,7 +13,8 @@ the classification loss on a class's synthetic images matches the gradient on it
    b. For each class ``c``: sample ``batch_real`` real images of ``c``; with DSA, augment them and
       the class's synthetic images with one shared draw (Siamese); compute the real gradient of the
       cross-entropy (detached: a fixed target) and the synthetic gradient (kept in the graph), and
-      add their distance :func:`gradient_distance` to the loss.
+      add their distance :func:`gradient_distance` to the loss. (:func:`match_all_classes` does this
+      for all classes at once: one Siamese call, one vmapped real-side pass; see below.)
    c. One SGD(momentum) step on the synthetic images with the summed loss.
    d. Except after the last outer step: train the network ``inner_loop`` epochs on the (detached)
       synthetic set, batches of ``batch_train``, per-sample DSA when augmentation is on.
@@ -30,6 +31,11 @@ Deviations from the reference code, all deliberate:
   image gradient is the same), which frees each double-backward graph before the next class instead
   of holding all ``C`` of them; the gradient is taken with respect to the images only, so no
   second-order gradient of the network parameters is computed.
+* The real side of all classes is computed together (:func:`real_class_gradients`: ``torch.func``
+  ``vmap`` over ``grad``, the class as a batch dimension), and one Siamese call draws every class's
+  augmentation; the math per class is the reference's (``tests/test_batched.py``), but the random
+  draws come in another order than a per-class loop's. Ragged class batches (a class smaller than
+  ``batch_real``) and networks whose samples interact (BN in train mode, dropout) use a per-class loop.
 * With ``ctx.weights`` the real-side loss is the weighted cross-entropy, weights normalised within
   the sampled class batch (the host form of KDE reweighting, METHODS.md section 4).
 """
