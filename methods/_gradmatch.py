@@ -56,7 +56,7 @@ from distillbench.harness.networks import resolve_network
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import Context, DataBundle, DistilledSet
 from distillbench.methods._loop import LossTracker
-from distillbench.methods.random import random_per_class
+from distillbench.methods.random import random_per_class, short_classes
 
 if TYPE_CHECKING:
     from distillbench.methods.dc import DCParams
@@ -469,9 +469,11 @@ def run_gradient_matching(
         "dis_metric": p.dis_metric,
     }
     if p.init == "real":
-        init_idx = random_per_class(data, ipc, gen, method)
+        init_idx = random_per_class(data, ipc, gen, method, short="repeat")
         syn = x_train[init_idx.to(device)].clone()
         meta["init_indices"] = init_idx.tolist()
+        if short := short_classes(data, ipc):
+            meta["short_classes"] = short  # filled up by repeating real images
     else:
         syn = torch.randn((num_classes * ipc, *info.shape), generator=gen, device=gen.device).to(device)
     syn.requires_grad_(True)

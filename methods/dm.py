@@ -45,7 +45,7 @@ from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
 from distillbench.methods._loop import LossTracker
 from distillbench.methods.base import DistillationMethod
-from distillbench.methods.random import random_per_class
+from distillbench.methods.random import random_per_class, short_classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,9 +115,11 @@ class DistributionMatching(DistillationMethod):
 
         meta: dict[str, Any] = {"init": p.init, "dsa_strategy": self.strategy(info)}
         if p.init == "real":
-            init_idx = random_per_class(data, ipc, gen, self.name)
+            init_idx = random_per_class(data, ipc, gen, self.name, short="repeat")
             syn = x_train[init_idx.to(device)].clone()
             meta["init_indices"] = init_idx.tolist()
+        if short := short_classes(data, ipc):
+            meta["short_classes"] = short  # filled up by repeating real images
         else:
             syn = torch.randn((num_classes * ipc, *info.shape), generator=gen, device=gen.device).to(device)
         syn.requires_grad_(True)

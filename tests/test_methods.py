@@ -115,11 +115,27 @@ class TestRandomReal:
         assert torch.equal(out.y, digits.train.y[indices])
         assert out.y.tolist() == [c for c in range(digits.info.num_classes) for _ in range(3)]
 
-    def test_too_small_class_is_a_config_error(self) -> None:
-        """A class with fewer than ipc samples is named, with its count and the ipc."""
+    def test_too_small_class_is_a_config_error_with_short_error(self) -> None:
+        """With short=error a class with fewer than ipc samples is named, with its count and the ipc."""
         data = tiny_bundle([0.0, 1.0, 2.0], [0, 0, 1], num_classes=2)
         with pytest.raises(ConfigError, match=r"class 1 .*only 1 training samples.*ipc <= 1"):
-            run(make_method("random"), data, ipc=2)
+            run(make_method("random", short="error"), data, ipc=2)
+
+    def test_short_class_gives_all_its_samples_and_is_recorded(self) -> None:
+        """Long-tailed data: by default a short class gives every sample it has, once, and meta says so."""
+        data = tiny_bundle([0.0, 1.0, 2.0, 3.0], [0, 0, 0, 1], num_classes=2)
+        out = run(make_method("random"), data, ipc=2)
+        assert out.y.tolist() == [0, 0, 1], "class 0 gives 2 samples, the one-sample class 1 gives 1"
+        assert out.meta["short_classes"] == {"1": 1}
+
+    def test_repeat_policy_fills_short_classes_for_initialisation(self) -> None:
+        """dm/dc initialise a short class from its real samples repeated up to ipc."""
+        from distillbench.methods.random import random_per_class
+
+        data = tiny_bundle([0.0, 1.0, 2.0, 3.0], [0, 0, 0, 1], num_classes=2)
+        idx = random_per_class(data, 3, torch.Generator().manual_seed(0), "dm", short="repeat")
+        assert data.train.y[idx].tolist() == [0, 0, 0, 1, 1, 1]
+        assert sorted(idx[:3].tolist()) == [0, 1, 2], "a full class is drawn without replacement"
 
     def test_text_data_is_accepted(self) -> None:
         """Token-id samples are selected like images; image-only methods reject text in validate."""
@@ -262,3 +278,16 @@ def _dm_objective(data: DataBundle, x: torch.Tensor, ipc: int, net_spec: str, ne
             syn_means = net.embed(x).view(data.info.num_classes, ipc, -1).mean(1)
             total += float(((real_means - syn_means) ** 2).sum())
     return total / nets
+
+
+class TestLongTailedInit:
+    """Methods that initialise from real images handle classes with fewer images than ipc."""
+
+    def test_dm_fills_short_classes_by_repeating(self) -> None:
+        configured = DATASETS.resolve("digits[imbalance=100]")
+        data = configured.obj(configured.params).load(Path("."))
+        counts = data.train.class_counts(10)
+        assert min(counts) < 10, f"digits[imbalance=100] should have a class below 10 samples, got {counts}"
+        out = run(make_method("dm", iterations=1), data, ipc=10)
+        assert out.y.tolist() == [c for c in range(10) for _ in range(10)], "every class still gets ipc images"
+        assert out.meta["short_classes"] == {str(c): n for c, n in enumerate(counts) if n < 10}
