@@ -420,6 +420,10 @@ def read_rows(results: Iterable[str | Path | Location], *, columns: list[str] | 
     else:
         frame = pa.concat_tables(tables, promote_options="default").to_pandas()
     if columns is not None:
+        # Rows written before a column existed (an older schema version) read it as null.
+        for name in columns:
+            if name not in frame.columns:
+                frame[name] = None
         frame = frame[columns]
     return frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
 

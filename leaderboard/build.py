@@ -67,6 +67,7 @@ _READ_COLUMNS = [
     "acc_mean",
     "acc_per_model",
     *(name for name, _ in BIAS_METRICS + LONGTAIL_METRICS),
+    "label_tau",
     "distill_seconds",
     "eval_seconds",
     "device",

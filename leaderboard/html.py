@@ -289,6 +289,8 @@ def _table_section(table: Table, index: int) -> list[str]:
 
 
 def _metric_table(table: Table, kind: str, metrics: Sequence[tuple[str, str]]) -> list[str]:
+    if kind == "Long tail" and any("label_tau" in c.extra for r in table.rows for c in r.cells.values()):
+        metrics = (*metrics, ("label_tau", "\u03c4 (adsa)"))  # the tau ADSA chose, beside the shots it moves
     head = "".join(f"<th>{_e(title)}</th>" for _, title in metrics)
     out = [
         f"<h3>{_e(kind)}: {_e(table.dataset)}, {_e(table.protocol_id)}, {_e(table.eval_network)}</h3>",

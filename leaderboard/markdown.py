@@ -75,6 +75,7 @@ CSV_COLUMNS = (
     "p_vs_best",
     "not_significantly_worse",
     *(name for name, _ in BIAS_METRICS + LONGTAIL_METRICS),
+    "label_tau",
     "distill_hours",
     "eval_hours",
     "set_bytes_mean",
@@ -200,6 +201,7 @@ def render_csv(tables: Sequence[Table]) -> str:
                             _csv_float(cell.extra[name].mean) if name in cell.extra else ""
                             for name, _ in LONGTAIL_METRICS
                         ),
+                        _csv_float(cell.extra["label_tau"].mean) if "label_tau" in cell.extra else "",
                         f"{cell.distill_seconds / 3600.0:.6f}",
                         f"{cell.eval_seconds / 3600.0:.6f}",
                         "" if cell.set_bytes_mean is None else f"{cell.set_bytes_mean:.0f}",
@@ -258,14 +260,19 @@ def _render_metric_table(table: Table, kind: str, metrics: Sequence[tuple[str, s
         f"{what.capitalize()}; percent, mean \u00b1 std (ddof=0) over trials (seeds), each the mean of its "
         "evaluation models; n = trials. Overall = the main table's cell.",
         "",
-        "| Method | IPC | Overall | " + " | ".join(title for _, title in metrics) + " |",
-        "|---|---:|---:|" + "---:|" * len(metrics),
     ]
+    # The tau ADSA chose (label stage adsa) sits beside the shot accuracies it is meant to move.
+    with_tau = kind == "Long tail" and any("label_tau" in c.extra for r in table.rows for c in r.cells.values())
+    titles = [title for _, title in metrics] + (["\u03c4 (adsa)"] if with_tau else [])
+    lines += ["| Method | IPC | Overall | " + " | ".join(titles) + " |", "|---|---:|---:|" + "---:|" * len(titles)]
     for row in table.rows:
         for ipc, cell in row.cells.items():
             if not any(name in cell.extra for name, _ in metrics):
                 continue
             values = [_format_summary(cell.extra.get(name)) for name, _ in metrics]
+            if with_tau:
+                tau = cell.extra.get("label_tau")
+                values.append(MISSING if tau is None else f"{tau.mean:.2f}")
             overall = f"{cell.mean:.2f} \u00b1 {cell.std:.2f}"
             lines.append(f"| {_escape(row.label)} | {ipc} | {overall} | " + " | ".join(values) + " |")
     lines.append("")

@@ -454,6 +454,10 @@ def _pool(rows: Sequence[Mapping[str, Any]]) -> Cell:
         summary = summarize(100.0 * row[name] for row in rows if row.get(name) is not None)
         if summary is not None:
             extra[name] = summary
+    # ADSA's tau is a setting, not an accuracy: kept as it is.
+    tau = summarize(float(row["label_tau"]) for row in rows if row.get("label_tau") is not None)
+    if tau is not None:
+        extra["label_tau"] = tau
     sizes = sorted(int(row["set_bytes"]) for row in rows if row.get("set_bytes") is not None)
     return Cell(
         mean=total.mean,

@@ -705,6 +705,23 @@ class TestMetricTables:
             "",
         )
 
+    def test_adsa_tau_shown_beside_the_shot_accuracies(self, tmp_path: Path) -> None:
+        """Rows of the adsa label stage carry tau: the long-tail table and the CSV show it, other rows a dash."""
+        write_all(
+            tmp_path / "r",
+            [
+                row(dataset="lt", labels="adsa", acc_many=0.7, acc_medium=0.5, acc_few=0.4, label_tau=0.85),
+                row(dataset="lt", acc_many=0.8, acc_medium=0.5, acc_few=0.2),
+            ],
+        )
+        result = build(tmp_path / "r", tmp_path / "out")
+        text = result.markdown_path.read_text()
+        assert "| Method | IPC | Overall | Many | Medium | Few | \u03c4 (adsa) |" in text
+        assert "| dm / labels=adsa | 1 | " in text and "| 0.85 |" in text
+        assert "| 20.00 ± 0.00 (n=1) | \u2013 |" in text, "the native row has no tau"
+        taus = {r["labels"]: r["label_tau"] for r in csv.DictReader(result.csv_path.open())}
+        assert taus == {"adsa": "0.8500", "native": ""}
+
 
 class TestCost:
     def test_hours_by_device_and_set_size(self, tmp_path: Path) -> None:
@@ -744,7 +761,7 @@ class TestOutputs:
         assert header == [
             "dataset", "protocol", "protocol_version", "eval_network", "quick", "method", "weighting", "labels",
             "ipc", "mean", "std", "n", "n_seeds", "best", "p_vs_best", "not_significantly_worse",
-            "acc_aligned", "acc_conflicting", "acc_worst_group", "acc_many", "acc_medium", "acc_few",
+            "acc_aligned", "acc_conflicting", "acc_worst_group", "acc_many", "acc_medium", "acc_few", "label_tau",
             "distill_hours", "eval_hours", "set_bytes_mean",
             "reported", "reported_std", "reported_diff", "reported_source", "reported_verification",
         ]  # fmt: skip
