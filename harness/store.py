@@ -201,7 +201,7 @@ class Location:
         are built in memory first and sent as one object, so no partial object is ever visible.
         """
         if self.local:
-            _atomic_write(Path(self.path), lambda tmp: Path(tmp).write_bytes(data))
+            atomic_write(Path(self.path), lambda tmp: Path(tmp).write_bytes(data))
             return
         parent = self.path.rsplit("/", 1)[0]
         if self.fs.type_name not in ("s3", "gcs"):  # object stores have no directories to create
@@ -291,8 +291,12 @@ def check_results_dir(results: str | Path) -> Path | str:
     return path
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` and rename the temporary file onto ``path``."""
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``.
+
+    Readers see the old file or the whole new one, never a part: the one way local files are written
+    (rows, sets, teachers, leaderboards).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from distillbench.harness.errors import DistillBenchError
 from distillbench.harness.registry import natural_key
+from distillbench.harness.store import atomic_write
 from distillbench.leaderboard.markdown import render_csv, render_markdown
 from distillbench.leaderboard.reported import ReportedNumber, load_reported
 from distillbench.leaderboard.tables import (
@@ -274,12 +273,5 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8, LF line ends) to a temporary file beside ``path`` and rename it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` (UTF-8, LF line ends) atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(text.encode("utf-8")))

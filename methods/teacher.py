@@ -35,7 +35,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillbench.harness.errors import DataError
+from distillbench.harness.store import atomic_write
 from distillbench.harness.types import DataBundle, DatasetInfo
 
 DEFAULT_TEACHER_NET = "convnet[norm=batchnorm,width=32]"
@@ -282,21 +282,10 @@ def _train_and_save(data: DataBundle, recipe: TeacherRecipe, key: str, path: Pat
         "train_seconds": seconds,
         "device": str(device),
     }
-    _atomic(path, lambda tmp: save_file(state, tmp))
+    atomic_write(path, lambda tmp: save_file(state, tmp))
     # The JSON goes last: a teacher counts as cached only when both files are complete.
-    _atomic(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
     return Teacher(model, key, path, recipe, data.info.name, counts, val_acc)
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @torch.no_grad()
