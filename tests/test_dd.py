@@ -11,7 +11,6 @@ LeNet is exercised by shape tests, the conformance tests (its ``test_config`` us
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,14 @@ from distillbench.harness import store
 from distillbench.harness.errors import ConfigError, DivergedError, IncompatibleError
 from distillbench.harness.evaluate import evaluate
 from distillbench.harness.networks import build_network, resolve_network
-from distillbench.harness.plugins import DATASETS, METHODS, PROTOCOLS
+from distillbench.harness.plugins import METHODS, PROTOCOLS
 from distillbench.harness.protocols import DD_REPLAY_V1, EvalProtocol
 from distillbench.harness.replay import inner_loss, replay, unroll
 from distillbench.harness.seeding import torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
 from distillbench.methods.dd import softplus_inverse
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks on a shared machine (conftest.py)
 
 NET = "mlp[hidden=64]"
 # Fast-learning settings for digits: one data step (the fixed-init recipe), Adam lr 0.1 instead of
@@ -37,21 +38,6 @@ NET = "mlp[hidden=64]"
 FAST = {"distill_steps": 1, "epochs": 15, "batch_size": 256, "lr": 0.1, "net": NET}
 # The same start, practically untrained: Adam moves every value by about lr per step.
 UNTRAINED = {**FAST, "epochs": 1, "lr": 1e-9}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny networks: one intra-op thread is faster on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits() -> DataBundle:
-    configured = DATASETS.resolve("digits")
-    return configured.obj(configured.params).load(Path("."))
 
 
 def make_dd(**params: Any) -> Any:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from distillbench.harness.evaluate import EvalResult, accuracy, evaluate, train_on_set
-from distillbench.harness.plugins import DATASETS
 from distillbench.harness.protocols import QUICK_V1
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import DataBundle, DistilledSet, Split
@@ -33,13 +31,6 @@ FULL_PROTOCOL = dataclasses.replace(QUICK_V1, epochs=20, n_models=1)
 FULL_MARGIN = 0.03  # observed: 0.958 vs 0.900
 SHORT_PROTOCOL = dataclasses.replace(QUICK_V1, epochs=15, n_models=2)
 TINY_PROTOCOL = dataclasses.replace(QUICK_V1, epochs=1, n_models=2)
-
-
-@pytest.fixture(scope="module")
-def digits() -> DataBundle:
-    """The real digits dataset (1,257 train / 180 val / 360 test)."""
-    configured = DATASETS.resolve("digits")
-    return configured.obj(configured.params).load(Path("."))
 
 
 def random_real(data: DataBundle, ipc: int, seed: int) -> DistilledSet:

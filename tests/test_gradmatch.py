@@ -7,8 +7,6 @@ thread; the whole module takes seconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +16,7 @@ from torch import nn
 from distillbench.harness.augment import DSA
 from distillbench.harness.errors import ConfigError, DivergedError
 from distillbench.harness.networks import build_network
-from distillbench.harness.plugins import DATASETS, METHODS
+from distillbench.harness.plugins import METHODS
 from distillbench.harness.seeding import torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
 from distillbench.methods import _gradmatch
@@ -32,23 +30,10 @@ from distillbench.methods._gradmatch import (
     weighted_cross_entropy,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks on a shared machine (conftest.py)
+
 NET = "convnet[width=16]"
 NO_AUG = DSA("none")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the networks are tiny and the test machine is shared (see test_methods.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits() -> DataBundle:
-    configured = DATASETS.resolve("digits")
-    return configured.obj(configured.params).load(Path("."))
 
 
 def make(name: str, **params: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,7 @@ from distillbench.harness.seeding import torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet, Split
 from distillbench.methods.kcenter import kcenter_order
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the extractor is tiny and the test machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks on a shared machine (conftest.py)
 
 
 def make(**params: Any) -> Any:

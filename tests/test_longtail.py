@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,19 +29,12 @@ from distillbench.methods.relabel import (
 from distillbench.methods.teacher import TeacherRecipe, get_teacher, teacher_key
 from tests.conftest import SHARED_DATA, needs_shared_data, temp_plugin
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks on a shared machine (conftest.py)
+
 # A teacher small enough for unit tests (about a second on digits).
 TINY_TEACHER = "teacher_net=convnet[norm=batchnorm,width=8],teacher_epochs=2,teacher_min_steps=0"
 TINY_RECIPE = TeacherRecipe(net="convnet[norm=batchnorm,width=8]", epochs=2, min_steps=0)
 SRE2L = f"sre2l[iterations=10,ipc_per_batch=2,{TINY_TEACHER}]"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: the networks are tiny and the test machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
