@@ -88,11 +88,29 @@ class _RowWriter(tune.Callback):
         if text is None:
             return
         rows = store.rows_from_json(text)
+        expected = trial.config.get("trial", {}).get("trial_id")
+        if expected and rows[0]["trial_id"] != expected:
+            # The worker resolved the spec to another id: its code (distillbench or a plugin) is not
+            # the driver's. Its row would never count as done, so the grid would re-run it forever.
+            rows = [self._skew_row(trial, rows[0]["trial_id"], rows[0].get("node"))]
         store.write_rows(self.results, rows)
         failed = [r for r in rows if r["status"] != "ok"]
         self.progress.finished(
             trial.trial_id, failed[0]["status"] if failed else "ok", failed[0]["error"] if failed else None
         )
+
+    @staticmethod
+    def _skew_row(trial: Any, got: str, node: str | None) -> dict[str, Any]:
+        from distillbench.harness.runner import identity_columns
+        from distillbench.harness.spec import TrialSpec
+
+        resolved = TrialSpec.from_dict(trial.config["trial"]["spec"]).resolve()
+        message = (
+            f"the worker on node {node!r} computed trial id {got} for this trial, the driver {resolved.trial_id}: "
+            "the node runs different code (distillbench, a plugin or a default changed). Install the same "
+            "version on every node (or restart the run after editing the code), then run the grid again"
+        )
+        return {**identity_columns(resolved), "status": "error", "error": message, "node": node}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.progress.started(trial.trial_id)

@@ -102,6 +102,27 @@ class TestResources:
         assert _placement({"trial": {"cpu": 1, "gpu": 0}}).required_resources == {"CPU": 1.0}
 
 
+def test_row_from_a_worker_with_other_code_becomes_an_error_row(tmp_path):
+    """A worker whose code resolves a trial to another id (version skew) leaves an error row under the driver's id."""
+    import types
+
+    from distillbench.harness.scheduler import _Progress, _RowWriter
+    from distillbench.harness.spec import TrialSpec
+
+    resolved = TrialSpec(dataset="digits", method="random", ipc=1, protocol="quick-v1").resolve()
+    trial = types.SimpleNamespace(
+        trial_id="t0", config={"trial": {"spec": resolved.spec.to_dict(), "trial_id": resolved.trial_id}}
+    )
+    worker_row = store.make_row({"trial_id": "0123456789abcdef", "status": "ok", "node": "node-7"})
+    writer = _RowWriter(str(tmp_path), _Progress(1, 0, io.StringIO(), False))
+    writer.on_trial_result(0, [], trial, {"rows_json": store.rows_to_json([worker_row])})
+    (row,) = store.read_rows([tmp_path]).to_dict("records")
+    assert row["trial_id"] == resolved.trial_id and row["status"] == "error"
+    assert "node 'node-7' computed trial id 0123456789abcdef" in row["error"]
+    assert "Install the same version on every node" in row["error"]
+    assert store.existing_trial_ids(tmp_path) == {resolved.trial_id}
+
+
 def test_grid_rows_failures_and_resume(grid_file, tmp_path):
     """Every trial leaves one row (errors included); a re-run skips the finished ones and retries errors.
 
