@@ -41,7 +41,10 @@ def _ctx(progress=None, checkpoint=None) -> Context:
     return ctx
 
 
-@pytest.mark.parametrize("name", ["dm", "dsa", pytest.param("dd", marks=pytest.mark.slow)])
+# dm in the default run; dsa (the loop dc shares) and dd with -m slow, to keep the default suite short.
+@pytest.mark.parametrize(
+    "name", ["dm", pytest.param("dsa", marks=pytest.mark.slow), pytest.param("dd", marks=pytest.mark.slow)]
+)
 def test_interrupted_then_resumed_equals_uninterrupted(name, digits, tmp_path):
     """Interrupt at iteration k by an exception, resume from the checkpoint: the set is bit-identical."""
     params, stop_at, every, resumed = CASES[name]
