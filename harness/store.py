@@ -279,6 +279,12 @@ def check_results_dir(results: str | Path) -> Path | str:
             raise DistillBenchError(f"cannot reach results location {str(loc)!r}: {exc}") from None
         if info.type == pafs.FileType.File:
             raise DistillBenchError(f"results location {str(loc)!r} is an object, not a prefix; pass a folder")
+        bucket = loc.path.split("/", 1)[0]
+        if loc.fs.type_name in ("s3", "gcs") and loc.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise DistillBenchError(
+                f"bucket {bucket!r} of results location {str(loc)!r} does not exist (or these credentials cannot "
+                "see it); create it first or fix the URI"
+            )
         return loc.uri
     path = Path(loc.path)
     if path.exists() and not path.is_dir():

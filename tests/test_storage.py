@@ -121,6 +121,17 @@ class TestS3Location:
         assert str(loc / "rows") == "s3://bench/x/rows"
         assert (loc / "rows").uri.endswith(f"x/rows?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1")
 
+    def test_missing_bucket_is_a_clear_error(self, s3_endpoint):
+        """A results URI in a bucket that does not exist fails before anything runs, naming the bucket."""
+        from distillbench.harness.errors import DistillBenchError
+
+        uri = f"s3://no-such-bucket/x?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+        with pytest.raises(
+            DistillBenchError, match="bucket 'no-such-bucket' of results location 's3://no-such-bucket/x'"
+        ):
+            store.check_results_dir(uri)
+        assert store.check_results_dir(uri.replace("no-such-bucket", "bench")).startswith("s3://bench/x?")
+
     def test_set_reuse_from_s3(self, s3_endpoint):
         """A second trial with the same distill_id loads the set saved on S3 instead of distilling again."""
         from distillbench.harness.protocols import QUICK_V1
