@@ -89,7 +89,11 @@ class _RowWriter(tune.Callback):
             return
         rows = store.rows_from_json(text)
         expected = trial.config.get("trial", {}).get("trial_id")
-        if expected and rows[0]["trial_id"] != expected:
+        if expected and rows[0]["trial_id"] is None:
+            # The worker could not even resolve the spec (its error says why): keep that error under the
+            # driver's identity so the row counts, instead of a nameless row the store must refuse.
+            rows = [{**self._skew_row(trial, None, rows[0].get("node")), "error": rows[0].get("error")}]
+        elif expected and rows[0]["trial_id"] != expected:
             # The worker resolved the spec to another id: its code (distillbench or a plugin) is not
             # the driver's. Its row would never count as done, so the grid would re-run it forever.
             rows = [self._skew_row(trial, rows[0]["trial_id"], rows[0].get("node"))]

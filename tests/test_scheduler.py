@@ -123,6 +123,25 @@ def test_row_from_a_worker_with_other_code_becomes_an_error_row(tmp_path):
     assert store.existing_trial_ids(tmp_path) == {resolved.trial_id}
 
 
+def test_nameless_row_from_a_worker_keeps_its_error_under_the_driver_id(tmp_path):
+    """A worker that cannot resolve the spec reports a row without trial id; the driver files it, error kept."""
+    import types
+
+    from distillbench.harness.scheduler import _Progress, _RowWriter
+    from distillbench.harness.spec import TrialSpec
+
+    resolved = TrialSpec(dataset="digits", method="random", ipc=1, protocol="quick-v1").resolve()
+    trial = types.SimpleNamespace(
+        trial_id="t0", config={"trial": {"spec": resolved.spec.to_dict(), "trial_id": resolved.trial_id}}
+    )
+    worker_row = store.make_row({"status": "error", "error": "ImportError: half-written module", "node": "n1"})
+    writer = _RowWriter(str(tmp_path), _Progress(1, 0, io.StringIO(), False))
+    writer.on_trial_result(0, [], trial, {"rows_json": store.rows_to_json([worker_row])})
+    (row,) = store.read_rows([tmp_path]).to_dict("records")
+    assert (row["trial_id"], row["status"]) == (resolved.trial_id, "error")
+    assert row["error"] == "ImportError: half-written module", "the worker's own error must be kept"
+
+
 def test_grid_rows_failures_and_resume(grid_file, tmp_path):
     """Every trial leaves one row (errors included); a re-run skips the finished ones and retries errors.
 
