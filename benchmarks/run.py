@@ -1,0 +1,381 @@
+"""Speed of the harness against faithful re-statements of the reference loops, measured side by side.
+
+Every operation runs its baseline (``benchmarks/reference_loops.py``) and our code alternately in one
+process, ``--repeats`` times each, and reports the **best** (minimum) time of each: on a shared
+machine the minimum is the run least disturbed by other processes, and alternating exposes both to
+the same load. The ratio is ``baseline_s / ours_s`` (above 1: ours is faster).
+
+Operations (``--ops``):
+
+* ``eval``: one evaluation model, ConvNet-3 width 128 on MNIST-shaped IPC 10 data (100 images), DSA,
+  batch 256. Baseline: the reference ``evaluate_synset`` training loop (``epochs + 1`` epochs); ours:
+  :func:`~distillbench.harness.evaluate.train_on_set` for the same number of epochs.
+* ``eval_batched``: K eval models of one trial. Baseline: our sequential engine, K models one after
+  another; ours: the batched engine (:mod:`~distillbench.harness.batched`), all K in one vmapped step.
+* ``dm``: DM iterations (ConvNet-3, ``batch_real`` 256 per class, 10 classes, DSA, IPC 10). Baseline:
+  per-class forward passes; ours: ``dm``'s ``distill`` (its setup time included).
+* ``dc``: one DC iteration (fresh network, ``outer_loop`` image updates with ``inner_loop`` network
+  epochs between them, IPC 10, batch_real 256). Baseline: per-class matching; ours: ``dc``'s ``distill``.
+* ``trial_overhead``: a trivial trial (``random``, IPC 1, on digits, evaluated by a one-model,
+  zero-epoch protocol) through ``run_trial`` (spec resolution, cached dataset, provenance, row and
+  set writing) vs the same work called directly; and, with ``--ray``, per trial through the Ray scheduler.
+
+Data: MNIST from ``--data-root`` (default ``../shared/data/mnist-10k``) if it is there, else random
+tensors of MNIST's shape; the JSON says which.
+
+    python benchmarks/run.py --quick --json
+    python benchmarks/run.py --ops eval,dm --epochs 100 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reference_loops import (  # noqa: E402
+    reference_dc_iteration,
+    reference_dm_iteration,
+    reference_train_eval_model,
+)
+
+from distillbench.harness.batched import train_models_batched  # noqa: E402
+from distillbench.harness.evaluate import evaluate, train_on_set  # noqa: E402
+from distillbench.harness.plugins import DATASETS, METHODS, PROTOCOLS  # noqa: E402
+from distillbench.harness.protocols import CONVNET_V1  # noqa: E402
+from distillbench.harness.seeding import torch_generator  # noqa: E402
+from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet, Split  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-10k"
+OPS = ("eval", "eval_batched", "dm", "dc", "trial_overhead")
+TRIVIAL = "bench-trivial"
+
+# The trivial trial's protocol: one tiny model, zero epochs (registered on import, so Ray workers that
+# import this file as a plugin know it too).
+if TRIVIAL not in PROTOCOLS:
+    PROTOCOLS.add(
+        TRIVIAL,
+        dataclasses.replace(CONVNET_V1, name=TRIVIAL, networks=("convnet[width=8]",), epochs=0, n_models=1, quick=True),
+        origin="benchmarks/run.py",
+    )
+
+
+def machine(device: torch.device) -> str:
+    """One line describing where the numbers come from."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return (
+        f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU, torch {torch.__version__}"
+    )
+
+
+def load_mnist(root: Path) -> tuple[DataBundle, str]:
+    """MNIST from ``root`` if present, else random tensors of MNIST's shape (8000 train, 10 classes)."""
+    if (root / "MNIST" / "raw").is_dir():
+        configured = DATASETS.resolve("mnist")
+        dataset = configured.obj(configured.params)
+        dataset.prepare(root, download=False)
+        return dataset.load(root), f"MNIST from {root}"
+    g = torch.Generator().manual_seed(0)
+    info = DatasetInfo("mnist-shaped", "image", 10, (1, 28, 28), tuple(map(str, range(10))))
+    info = dataclasses.replace(info, dsa_strategy="color_crop_cutout_scale_rotate")
+    y = torch.arange(10).repeat_interleave(800)
+    train = Split(torch.randn(8000, 1, 28, 28, generator=g), y)
+    test = Split(torch.randn(1000, 1, 28, 28, generator=g), torch.arange(10).repeat_interleave(100))
+    empty = Split(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long))
+    return DataBundle(info=info, train=train, val=empty, test=test), "random tensors of MNIST's shape"
+
+
+def ipc_set(data: DataBundle, ipc: int) -> DistilledSet:
+    """``ipc`` real images per class (what an IPC-10 distilled set looks like to the trainer)."""
+    g = torch.Generator().manual_seed(1)
+    chosen = torch.cat([m[torch.randperm(len(m), generator=g)[:ipc]] for m in data.class_indices()])
+    return DistilledSet(data.train.x[chosen].clone(), data.train.y[chosen].clone())
+
+
+def side_by_side(
+    baseline: Callable[[], object], ours: Callable[[], object], repeats: int, warmup: bool = False
+) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of each, run alternately (baseline first), and their ratio."""
+    if warmup:
+        baseline()
+        ours()
+    base_times, our_times = [], []
+    for _ in range(repeats):
+        for fn, times in ((baseline, base_times), (ours, our_times)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    best_base, best_ours = min(base_times), min(our_times)
+    return {
+        "baseline_s": round(best_base, 4),
+        "ours_s": round(best_ours, 4),
+        "ratio": round(best_base / best_ours, 3),
+        "baseline_all_s": [round(t, 4) for t in base_times],
+        "ours_all_s": [round(t, 4) for t in our_times],
+    }
+
+
+def bench_eval(data: DataBundle, device: torch.device, epochs: int, repeats: int) -> dict[str, object]:
+    """One eval model: the reference loop (``epochs + 1`` epochs) vs ``train_on_set`` (same count)."""
+    dset = ipc_set(data, 10)
+    protocol = dataclasses.replace(CONVNET_V1, epochs=epochs + 1)
+    out = side_by_side(
+        lambda: reference_train_eval_model(
+            dset.x, dset.y, data.info, epochs=epochs, generator=torch_generator(0), device=device
+        ),
+        lambda: train_on_set(protocol, dset, data.info, generator=torch_generator(0), device=device),
+        repeats,
+    )
+    out["setting"] = (
+        f"one eval model: convnet (ConvNet-3 width 128, instance norm) on {data.info.name} IPC 10 (100 images), "
+        f"DSA {data.info.dsa_strategy}, SGD batch 256, {epochs + 1} epochs each (the full protocol runs 1001)"
+    )
+    return out
+
+
+def bench_eval_batched(data: DataBundle, device: torch.device, epochs: int, k: int, repeats: int) -> dict[str, object]:
+    """K eval models: our sequential engine vs the batched engine."""
+    dset = ipc_set(data, 10)
+    protocol = dataclasses.replace(CONVNET_V1, epochs=epochs, n_models=k)
+
+    def sequential() -> None:
+        for s in range(k):
+            train_on_set(protocol, dset, data.info, generator=torch_generator(s), device=device)
+
+    def together() -> None:
+        train_models_batched(
+            protocol, dset, data.info, generators=[torch_generator(s) for s in range(k)], device=device
+        )
+
+    out = side_by_side(sequential, together, repeats)
+    out["setting"] = f"K={k} eval models, {epochs} epochs each, otherwise as eval; baseline = our sequential engine"
+    return out
+
+
+def _real_by_class(data: DataBundle) -> list[torch.Tensor]:
+    return [data.train.x[m] for m in data.class_indices()]
+
+
+def bench_dm(data: DataBundle, device: torch.device, iterations: int, repeats: int) -> dict[str, object]:
+    """DM iterations: reference per-class loop vs ``dm``'s ``distill`` (setup included)."""
+    ipc, batch_real = 10, 256
+    real = [x.to(device) for x in _real_by_class(data)]
+    method = METHODS.resolve(f"dm[iterations={iterations},batch_real={batch_real}]")
+
+    def baseline() -> None:
+        g = torch_generator(0)
+        syn = torch.cat([x[:ipc] for x in real]).clone().requires_grad_(True)
+        opt = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
+        for it in range(iterations):
+            reference_dm_iteration(
+                syn,
+                opt,
+                real,
+                data.info,
+                ipc=ipc,
+                batch_real=batch_real,
+                generator=g,
+                net_generator=torch_generator(it),
+            )
+
+    def ours() -> None:
+        ctx = Context(device=device, generator=torch_generator(0), seed=0)
+        method.obj(method.params).distill(data, ipc, ctx)
+
+    out = side_by_side(baseline, ours, repeats)
+    for key in ("baseline_s", "ours_s"):
+        out[f"{key[:-2]}_per_iteration_s"] = round(out[key] / iterations, 4)
+    out["setting"] = (
+        f"{iterations} DM iterations: ConvNet-3 width 128, batch_real {batch_real} per class, 10 classes, IPC {ipc}, "
+        f"DSA {data.info.dsa_strategy}; times are for all {iterations}"
+    )
+    return out
+
+
+def bench_dc(data: DataBundle, device: torch.device, outer: int, inner: int, repeats: int) -> dict[str, object]:
+    """One DC iteration: reference per-class loop vs ``dc``'s ``distill`` with one iteration."""
+    ipc, batch_real = 10, 256
+    real = [x.to(device) for x in _real_by_class(data)]
+    method = METHODS.resolve(f"dc[iterations=1,batch_real={batch_real},outer_loop={outer},inner_loop={inner}]")
+
+    def baseline() -> None:
+        g = torch_generator(0)
+        syn = torch.randn(10 * ipc, *data.info.shape, generator=g).to(device).requires_grad_(True)
+        opt = torch.optim.SGD([syn], lr=0.1, momentum=0.5)
+        reference_dc_iteration(
+            syn,
+            opt,
+            real,
+            data.info,
+            ipc=ipc,
+            batch_real=batch_real,
+            outer_loop=outer,
+            inner_loop=inner,
+            generator=g,
+            net_generator=torch_generator(1),
+        )
+
+    def ours() -> None:
+        ctx = Context(device=device, generator=torch_generator(0), seed=0)
+        method.obj(method.params).distill(data, ipc, ctx)
+
+    out = side_by_side(baseline, ours, repeats)
+    out["setting"] = (
+        f"one DC iteration: ConvNet-3 width 128, IPC {ipc}, batch_real {batch_real} per class, outer_loop {outer}, "
+        f"inner_loop {inner} (paper IPC 10: 10 x 50), no augmentation"
+    )
+    return out
+
+
+def bench_trial_overhead(device: torch.device, trials: int, use_ray: bool) -> dict[str, object]:
+    """Per-trial harness overhead on a trivial trial, ``run_trial`` (and Ray) vs the work called directly."""
+    from distillbench.harness.runner import load_data, run_trial
+    from distillbench.harness.spec import TrialSpec
+
+    protocol = PROTOCOLS.get(TRIVIAL)
+    specs = [
+        TrialSpec(dataset="digits", method="random", ipc=1, seed=s, protocol=TRIVIAL, grid="bench")
+        for s in range(trials)
+    ]
+    tmp = Path(tempfile.mkdtemp(prefix="distillbench-bench-"))
+    try:
+        data = load_data(specs[0].resolve(), tmp)  # warm the per-process dataset cache, as a reused worker has
+        method = METHODS.resolve("random")
+
+        def direct() -> None:
+            for s in range(trials):
+                ctx = Context(device=device, generator=torch_generator(s), seed=s)
+                dset = method.obj(method.params).distill(data, 1, ctx)
+                evaluate(protocol, dset, data, seed=s, device=device)
+
+        def harness() -> None:
+            results = Path(tempfile.mkdtemp(dir=tmp))
+            for spec in specs:
+                rows = run_trial(spec, results=results, data_root=tmp, device=device)
+                assert rows[0]["status"] == "ok", rows[0]["error"]
+
+        # Warmed up once (first network build, provenance's git call): a reused worker has paid that already.
+        out = side_by_side(direct, harness, 5, warmup=True)
+        per = {
+            "direct_per_trial_s": round(out["baseline_s"] / trials, 5),
+            "run_trial_per_trial_s": round(out["ours_s"] / trials, 5),
+            "overhead_per_trial_s": round((out["ours_s"] - out["baseline_s"]) / trials, 5),
+        }
+        out |= per
+        out["ratio"] = round(out["ours_s"] / out["baseline_s"], 3)
+        out["setting"] = (
+            f"{trials} trivial trials (random, IPC 1, digits, one convnet[width=8] model, 0 epochs); "
+            "baseline = distill + evaluate called directly, ours = run_trial (writes rows and sets); "
+            "ratio = ours / baseline (the overhead factor, lower is better)"
+        )
+        if use_ray:
+            out["ray"] = _ray_overhead(specs, tmp, out["baseline_s"] / trials)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ray_overhead(specs: list, tmp: Path, direct_per_trial: float) -> dict[str, object]:
+    """Seconds per trivial trial through ``run_grid`` (Ray started once, outside the timing)."""
+    import io
+
+    import ray
+
+    from distillbench.harness.scheduler import run_grid
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    try:
+        resolved = [s.resolve() for s in specs]
+        # One wave to start the workers (actor start-up, imports), then the timed one with fresh ids.
+        plugin = [str(Path(__file__).resolve())]
+        quiet = io.StringIO()
+        run_grid(resolved[:2], results=tmp / "ray-warm", data_root=tmp, grid_name="bench", stream=quiet, plugins=plugin)
+        start = time.perf_counter()
+        outcome = run_grid(
+            resolved, results=tmp / "ray", data_root=tmp, grid_name="bench", stream=quiet, plugins=plugin
+        )
+        seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    return {
+        "trials": len(resolved),
+        "ok": outcome.ok,
+        "per_trial_s": round(seconds / len(resolved), 4),
+        "overhead_per_trial_s": round(seconds / len(resolved) - direct_per_trial, 4),
+        "setting": "run_grid on a started local Ray (reused actors), workers warmed by an earlier wave",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, run the chosen operations, print a table or one JSON object."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short settings that finish in a few minutes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--ops", default="eval,eval_batched,dm,dc,trial_overhead", help=f"comma list of {OPS}")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--repeats", type=int, default=None, help="measurements of each side (best is reported)")
+    parser.add_argument("--epochs", type=int, default=None, help="eval epochs (the reference runs one more)")
+    parser.add_argument("--dm-iterations", type=int, default=None)
+    parser.add_argument("--dc-outer", type=int, default=2)
+    parser.add_argument("--dc-inner", type=int, default=None)
+    parser.add_argument("--k", type=int, default=None, help="models for eval_batched (quick 2, else 4)")
+    parser.add_argument("--trials", type=int, default=None, help="trivial trials (quick 10, else 20)")
+    parser.add_argument("--ray", action="store_true", help="also time trivial trials through the Ray scheduler")
+    args = parser.parse_args(argv)
+
+    ops = [op.strip() for op in args.ops.split(",") if op.strip()]
+    unknown = [op for op in ops if op not in OPS]
+    if unknown:
+        parser.error(f"unknown ops {unknown}; valid: {', '.join(OPS)}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    repeats = args.repeats or (2 if args.quick else 5)
+    epochs = args.epochs or (5 if args.quick else 50)
+    dm_iterations = args.dm_iterations or (2 if args.quick else 10)
+    dc_inner = args.dc_inner or (2 if args.quick else 50)
+    k = args.k or (2 if args.quick else 4)
+    trials = args.trials or (10 if args.quick else 20)
+
+    data, source = load_mnist(args.data_root) if {"eval", "eval_batched", "dm", "dc"} & set(ops) else (None, "")
+    report: dict[str, object] = {}
+    for op in ops:
+        if op == "eval":
+            report[op] = bench_eval(data, device, epochs, repeats)
+        elif op == "eval_batched":
+            report[op] = bench_eval_batched(data, device, epochs, k, repeats)
+        elif op == "dm":
+            report[op] = bench_dm(data, device, dm_iterations, repeats)
+        elif op == "dc":
+            report[op] = bench_dc(data, device, args.dc_outer, dc_inner, repeats)
+        elif op == "trial_overhead":
+            report[op] = bench_trial_overhead(device, trials, args.ray)
+        r = report[op]
+        line = f"{op:15s} baseline {r['baseline_s']:9.3f} s  ours {r['ours_s']:9.3f} s  ratio {r['ratio']:.2f}"
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+    report["data"] = source
+    report["timing"] = (
+        f"baseline and ours alternate in one process; best of {repeats} runs each "
+        "(trial_overhead: best of 5, after one warm-up)"
+    )
+    report["machine"] = machine(device)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
