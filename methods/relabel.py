@@ -44,10 +44,7 @@ from distillbench.harness.plugins import register_label_stage
 from distillbench.harness.stages import LabelStage
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
 from distillbench.methods.teacher import (
-    DEFAULT_MIN_STEPS,
-    DEFAULT_TEACHER_EPOCHS,
-    DEFAULT_TEACHER_NET,
-    TeacherRecipe,
+    TeacherOptions,
     get_teacher,
     load_teacher,
 )
@@ -56,32 +53,8 @@ TIE_TOLERANCE = 1e-7
 
 
 @dataclasses.dataclass(frozen=True)
-class TeacherLabelParams:
+class TeacherLabelParams(TeacherOptions):
     """Options of the ``teacher`` label stage (the teacher fields enter the set's identity)."""
-
-    temperature: float = dataclasses.field(default=1.0, metadata={"help": "softmax temperature of the soft labels"})
-    teacher_net: str = dataclasses.field(default=DEFAULT_TEACHER_NET, metadata={"help": "network spec of the teacher"})
-    teacher_epochs: int = dataclasses.field(
-        default=DEFAULT_TEACHER_EPOCHS, metadata={"help": "training epochs of the teacher"}
-    )
-    teacher_seed: int = dataclasses.field(default=0, metadata={"help": "seed of the teacher's training"})
-    teacher_min_steps: int = dataclasses.field(
-        default=DEFAULT_MIN_STEPS, metadata={"help": "at least this many teacher SGD steps (more epochs on small data)"}
-    )
-
-    def __post_init__(self) -> None:
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a positive number, got {self.temperature}; use e.g. temperature=1")
-        if self.teacher_epochs < 1:
-            raise ValueError(f"teacher_epochs must be at least 1, got {self.teacher_epochs}")
-        if self.teacher_min_steps < 0:
-            raise ValueError(f"teacher_min_steps must be non-negative, got {self.teacher_min_steps}")
-
-    def recipe(self) -> TeacherRecipe:
-        """The teacher's training recipe."""
-        return TeacherRecipe(
-            net=self.teacher_net, epochs=self.teacher_epochs, seed=self.teacher_seed, min_steps=self.teacher_min_steps
-        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,16 +41,13 @@ from distillbench.harness.plugins import register_method
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
 from distillbench.methods.base import DistillationMethod
 from distillbench.methods.teacher import (
-    DEFAULT_MIN_STEPS,
-    DEFAULT_TEACHER_EPOCHS,
-    DEFAULT_TEACHER_NET,
-    TeacherRecipe,
+    TeacherOptions,
     get_teacher,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class SRe2LParams:
+class SRe2LParams(TeacherOptions):
     """SRe2L hyperparameters; defaults from SRe2L's CIFAR recovery script (module docstring)."""
 
     iterations: int = dataclasses.field(default=1000, metadata={"help": "Adam steps per batch of images"})
@@ -63,17 +60,9 @@ class SRe2LParams:
     ipc_per_batch: int = dataclasses.field(
         default=1, metadata={"help": "images per class optimised together (BN statistics over that batch)"}
     )
-    temperature: float = dataclasses.field(default=1.0, metadata={"help": "softmax temperature of the soft labels"})
-    teacher_net: str = dataclasses.field(
-        default=DEFAULT_TEACHER_NET, metadata={"help": "teacher network spec (must contain BatchNorm)"}
-    )
-    teacher_epochs: int = dataclasses.field(default=DEFAULT_TEACHER_EPOCHS, metadata={"help": "teacher epochs"})
-    teacher_seed: int = dataclasses.field(default=0, metadata={"help": "seed of the teacher's training"})
-    teacher_min_steps: int = dataclasses.field(
-        default=DEFAULT_MIN_STEPS, metadata={"help": "at least this many teacher SGD steps (more epochs on small data)"}
-    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.iterations < 1:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}")
         if not self.lr > 0:
@@ -84,17 +73,6 @@ class SRe2LParams:
             raise ValueError(f"jitter must be non-negative, got {self.jitter}")
         if self.ipc_per_batch < 1:
             raise ValueError(f"ipc_per_batch must be at least 1, got {self.ipc_per_batch}")
-        if not (self.temperature > 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature must be a positive number, got {self.temperature}")
-        if self.teacher_epochs < 1:
-            raise ValueError(f"teacher_epochs must be at least 1, got {self.teacher_epochs}")
-        if self.teacher_min_steps < 0:
-            raise ValueError(f"teacher_min_steps must be non-negative, got {self.teacher_min_steps}")
-
-    def recipe(self) -> TeacherRecipe:
-        return TeacherRecipe(
-            net=self.teacher_net, epochs=self.teacher_epochs, seed=self.teacher_seed, min_steps=self.teacher_min_steps
-        )
 
 
 class _BNStats:
