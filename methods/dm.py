@@ -118,8 +118,8 @@ class DistributionMatching(DistillationMethod):
             init_idx = random_per_class(data, ipc, gen, self.name, short="repeat")
             syn = x_train[init_idx.to(device)].clone()
             meta["init_indices"] = init_idx.tolist()
-        if short := short_classes(data, ipc):
-            meta["short_classes"] = short  # filled up by repeating real images
+            if short := short_classes(data, ipc):
+                meta["short_classes"] = short  # filled up by repeating real images
         else:
             syn = torch.randn((num_classes * ipc, *info.shape), generator=gen, device=gen.device).to(device)
         syn.requires_grad_(True)

@@ -276,3 +276,15 @@ class TestLongTailedInit:
         out = run(make_method("dm", iterations=1), data, ipc=10)
         assert out.y.tolist() == [c for c in range(10) for _ in range(10)], "every class still gets ipc images"
         assert out.meta["short_classes"] == {str(c): n for c, n in enumerate(counts) if n < 10}
+
+    def test_real_init_starts_from_the_recorded_real_images(self, digits: DataBundle) -> None:
+        """With init=real and no short class, dm and dc start from the real images they record.
+
+        One step with a tiny image learning rate leaves the images where they started, so the output
+        must be those real images (a noise start would differ by about 1 everywhere).
+        """
+        for spec in ("dm", "dc"):
+            out = run(make_method(spec, iterations=1, lr_img=1e-9, init="real"), digits, ipc=2)
+            idx = torch.tensor(out.meta["init_indices"])
+            assert torch.allclose(out.x, digits.train.x[idx], atol=1e-4), f"{spec} did not start from its real images"
+            assert "short_classes" not in out.meta
