@@ -102,8 +102,8 @@ class TestResources:
         assert _placement({"trial": {"cpu": 1, "gpu": 0}}).required_resources == {"CPU": 1.0}
 
 
-def test_row_from_a_worker_with_other_code_becomes_an_error_row(tmp_path):
-    """A worker whose code resolves a trial to another id (version skew) leaves an error row under the driver's id."""
+def _file_worker_row(results, worker_values):
+    """Hand the driver-side row writer one row as a worker reported it; returns (driver's trial id, stored row)."""
     import types
 
     from distillbench.harness.scheduler import _Progress, _RowWriter
@@ -113,32 +113,27 @@ def test_row_from_a_worker_with_other_code_becomes_an_error_row(tmp_path):
     trial = types.SimpleNamespace(
         trial_id="t0", config={"trial": {"spec": resolved.spec.to_dict(), "trial_id": resolved.trial_id}}
     )
-    worker_row = store.make_row({"trial_id": "0123456789abcdef", "status": "ok", "node": "node-7"})
-    writer = _RowWriter(str(tmp_path), _Progress(1, 0, io.StringIO(), False))
-    writer.on_trial_result(0, [], trial, {"rows_json": store.rows_to_json([worker_row])})
-    (row,) = store.read_rows([tmp_path]).to_dict("records")
-    assert row["trial_id"] == resolved.trial_id and row["status"] == "error"
+    writer = _RowWriter(str(results), _Progress(1, 0, io.StringIO(), False))
+    writer.on_trial_result(0, [], trial, {"rows_json": store.rows_to_json([store.make_row(worker_values)])})
+    (row,) = store.read_rows([results]).to_dict("records")
+    return resolved.trial_id, row
+
+
+def test_row_from_a_worker_with_other_code_becomes_an_error_row(tmp_path):
+    """A worker whose code resolves a trial to another id (version skew) leaves an error row under the driver's id."""
+    expected, row = _file_worker_row(tmp_path, {"trial_id": "0123456789abcdef", "status": "ok", "node": "node-7"})
+    assert row["trial_id"] == expected and row["status"] == "error"
     assert "node 'node-7' computed trial id 0123456789abcdef" in row["error"]
     assert "Install the same version on every node" in row["error"]
-    assert store.existing_trial_ids(tmp_path) == {resolved.trial_id}
+    assert store.existing_trial_ids(tmp_path) == {expected}
 
 
 def test_nameless_row_from_a_worker_keeps_its_error_under_the_driver_id(tmp_path):
     """A worker that cannot resolve the spec reports a row without trial id; the driver files it, error kept."""
-    import types
-
-    from distillbench.harness.scheduler import _Progress, _RowWriter
-    from distillbench.harness.spec import TrialSpec
-
-    resolved = TrialSpec(dataset="digits", method="random", ipc=1, protocol="quick-v1").resolve()
-    trial = types.SimpleNamespace(
-        trial_id="t0", config={"trial": {"spec": resolved.spec.to_dict(), "trial_id": resolved.trial_id}}
+    expected, row = _file_worker_row(
+        tmp_path, {"status": "error", "error": "ImportError: half-written module", "node": "n1"}
     )
-    worker_row = store.make_row({"status": "error", "error": "ImportError: half-written module", "node": "n1"})
-    writer = _RowWriter(str(tmp_path), _Progress(1, 0, io.StringIO(), False))
-    writer.on_trial_result(0, [], trial, {"rows_json": store.rows_to_json([worker_row])})
-    (row,) = store.read_rows([tmp_path]).to_dict("records")
-    assert (row["trial_id"], row["status"]) == (resolved.trial_id, "error")
+    assert (row["trial_id"], row["status"]) == (expected, "error")
     assert row["error"] == "ImportError: half-written module", "the worker's own error must be kept"
 
 
