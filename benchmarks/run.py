@@ -16,6 +16,9 @@ Operations (``--ops``):
   per-class forward passes; ours: ``dm``'s ``distill`` (its setup time included).
 * ``dc``: one DC iteration (fresh network, ``outer_loop`` image updates with ``inner_loop`` network
   epochs between them, IPC 10, batch_real 256). Baseline: per-class matching; ours: ``dc``'s ``distill``.
+* ``eval_agreement``: not a timing. K models trained on one IPC-10 set by the sequential and by the
+  batched engine (``DISTILLBENCH_EVAL_ENGINE``), their test accuracies and a Welch t-test: the batched
+  engine must give statistically the same accuracy as the straightforward path on this device.
 * ``trial_overhead``: a trivial trial (``random``, IPC 1, on digits, evaluated by a one-model,
   zero-epoch protocol) through ``run_trial`` (spec resolution, cached dataset, provenance, row and
   set writing) vs the same work called directly; and, with ``--ray``, per trial through the Ray scheduler.
@@ -59,7 +62,7 @@ from distillbench.harness.seeding import torch_generator  # noqa: E402
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet, Split  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-10k"
-OPS = ("eval", "eval_batched", "dm", "dc", "trial_overhead")
+OPS = ("eval", "eval_batched", "eval_agreement", "dm", "dc", "trial_overhead")
 TRIVIAL = "bench-trivial"
 
 # The trivial trial's protocol: one tiny model, zero epochs (registered on import, so Ray workers that
@@ -105,18 +108,31 @@ def ipc_set(data: DataBundle, ipc: int) -> DistilledSet:
     return DistilledSet(data.train.x[chosen].clone(), data.train.y[chosen].clone())
 
 
+def _sync() -> None:
+    # CUDA work is asynchronous: a host clock read before the queue drains would time the launches only.
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def side_by_side(
     baseline: Callable[[], object], ours: Callable[[], object], repeats: int, warmup: bool = False
 ) -> dict[str, float]:
-    """Best-of-``repeats`` seconds of each, run alternately (baseline first), and their ratio."""
+    """Best-of-``repeats`` seconds of each, run alternately (baseline first), and their ratio.
+
+    ``warmup`` runs each side once untimed first (on CUDA: kernel selection, cuDNN autotuning, the
+    allocator's first growth), as every CUDA measurement here does.
+    """
     if warmup:
         baseline()
         ours()
+        _sync()
     base_times, our_times = [], []
     for _ in range(repeats):
         for fn, times in ((baseline, base_times), (ours, our_times)):
+            _sync()
             start = time.perf_counter()
             fn()
+            _sync()
             times.append(time.perf_counter() - start)
     best_base, best_ours = min(base_times), min(our_times)
     return {
@@ -138,6 +154,7 @@ def bench_eval(data: DataBundle, device: torch.device, epochs: int, repeats: int
         ),
         lambda: train_on_set(protocol, dset, data.info, generator=torch_generator(0), device=device),
         repeats,
+        warmup=device.type == "cuda",
     )
     out["setting"] = (
         f"one eval model: convnet (ConvNet-3 width 128, instance norm) on {data.info.name} IPC 10 (100 images), "
@@ -160,9 +177,38 @@ def bench_eval_batched(data: DataBundle, device: torch.device, epochs: int, k: i
             protocol, dset, data.info, generators=[torch_generator(s) for s in range(k)], device=device
         )
 
-    out = side_by_side(sequential, together, repeats)
+    out = side_by_side(sequential, together, repeats, warmup=device.type == "cuda")
     out["setting"] = f"K={k} eval models, {epochs} epochs each, otherwise as eval; baseline = our sequential engine"
     return out
+
+
+def bench_eval_agreement(data: DataBundle, device: torch.device, epochs: int, k: int) -> dict[str, object]:
+    """Test accuracy of K models from each engine on one set, and whether they differ (Welch t-test)."""
+    from scipy.stats import ttest_ind
+
+    dset = ipc_set(data, 10)
+    protocol = dataclasses.replace(CONVNET_V1, epochs=epochs, n_models=k)
+    accs: dict[str, list[float]] = {}
+    for engine in ("sequential", "batched"):
+        os.environ["DISTILLBENCH_EVAL_ENGINE"] = engine
+        try:
+            # Seed 0 for one engine and 1 for the other: independent models, so the t-test asks whether
+            # the two engines draw from one accuracy distribution (same seeds would give equal models).
+            seed = 0 if engine == "sequential" else 1
+            accs[engine] = list(evaluate(protocol, dset, data, seed=seed, device=device).acc_per_model)
+        finally:
+            os.environ.pop("DISTILLBENCH_EVAL_ENGINE", None)
+    test = ttest_ind(accs["sequential"], accs["batched"], equal_var=False)
+    mean = {e: sum(a) / len(a) for e, a in accs.items()}
+    return {
+        "sequential_acc": [round(a, 4) for a in accs["sequential"]],
+        "batched_acc": [round(a, 4) for a in accs["batched"]],
+        "sequential_mean": round(mean["sequential"], 4),
+        "batched_mean": round(mean["batched"], 4),
+        "welch_p": round(float(test.pvalue), 4),
+        "same": bool(test.pvalue > 0.01),
+        "setting": f"K={k} models per engine, {epochs} epochs, IPC 10 real images of {data.info.name}; not a timing",
+    }
 
 
 def _real_by_class(data: DataBundle) -> list[torch.Tensor]:
@@ -195,7 +241,7 @@ def bench_dm(data: DataBundle, device: torch.device, iterations: int, repeats: i
         ctx = Context(device=device, generator=torch_generator(0), seed=0)
         method.obj(method.params).distill(data, ipc, ctx)
 
-    out = side_by_side(baseline, ours, repeats)
+    out = side_by_side(baseline, ours, repeats, warmup=device.type == "cuda")
     for key in ("baseline_s", "ours_s"):
         out[f"{key[:-2]}_per_iteration_s"] = round(out[key] / iterations, 4)
     out["setting"] = (
@@ -232,7 +278,7 @@ def bench_dc(data: DataBundle, device: torch.device, outer: int, inner: int, rep
         ctx = Context(device=device, generator=torch_generator(0), seed=0)
         method.obj(method.params).distill(data, ipc, ctx)
 
-    out = side_by_side(baseline, ours, repeats)
+    out = side_by_side(baseline, ours, repeats, warmup=device.type == "cuda")
     out["setting"] = (
         f"one DC iteration: ConvNet-3 width 128, IPC {ipc}, batch_real {batch_real} per class, outer_loop {outer}, "
         f"inner_loop {inner} (paper IPC 10: 10 x 50), no augmentation"
@@ -347,16 +393,20 @@ def main(argv: list[str] | None = None) -> int:
     epochs = args.epochs or (5 if args.quick else 50)
     dm_iterations = args.dm_iterations or (2 if args.quick else 10)
     dc_inner = args.dc_inner or (2 if args.quick else 50)
-    k = args.k or (2 if args.quick else 4)
+    # On a GPU the batched engine's point is K = the protocol's models (convnet-v1: 20) side by side.
+    k = args.k or (2 if args.quick else 4 if device.type == "cpu" else CONVNET_V1.n_models)
     trials = args.trials or (10 if args.quick else 20)
 
-    data, source = load_mnist(args.data_root) if {"eval", "eval_batched", "dm", "dc"} & set(ops) else (None, "")
+    needs_data = {"eval", "eval_batched", "eval_agreement", "dm", "dc"} & set(ops)
+    data, source = load_mnist(args.data_root) if needs_data else (None, "")
     report: dict[str, object] = {}
     for op in ops:
         if op == "eval":
             report[op] = bench_eval(data, device, epochs, repeats)
         elif op == "eval_batched":
             report[op] = bench_eval_batched(data, device, epochs, k, repeats)
+        elif op == "eval_agreement":
+            report[op] = bench_eval_agreement(data, device, epochs, k)
         elif op == "dm":
             report[op] = bench_dm(data, device, dm_iterations, repeats)
         elif op == "dc":
@@ -364,6 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         elif op == "trial_overhead":
             report[op] = bench_trial_overhead(device, trials, args.ray)
         r = report[op]
+        if op == "eval_agreement":
+            line = (
+                f"{op:15s} sequential {r['sequential_mean']:.4f}  batched {r['batched_mean']:.4f}  "
+                f"Welch p {r['welch_p']:.3f}"
+            )
+            print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+            continue
         line = f"{op:15s} baseline {r['baseline_s']:9.3f} s  ours {r['ours_s']:9.3f} s  ratio {r['ratio']:.2f}"
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
     report["data"] = source
