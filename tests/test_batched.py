@@ -154,15 +154,19 @@ class TestBatchedDistillationMath:
         assert torch.allclose(batched_loss, per_class, rtol=1e-5, atol=1e-6)
         assert torch.allclose(syn_a.grad, syn_b.grad, rtol=1e-5, atol=1e-6)
 
-    @pytest.mark.parametrize("sizes", [(4,) * 10, (4,) * 9 + (3,)], ids=["vmapped", "ragged-loop"])
-    def test_dc_matching_equals_per_class_distance(self, sizes: tuple[int, ...]) -> None:
-        """The batched real side (vmap, or the loop for ragged classes) gives DC's per-class distances."""
+    @pytest.mark.parametrize(
+        ("sizes", "vmapped"),
+        [((4,) * 10, True), ((4,) * 10, None), ((4,) * 9 + (3,), True)],
+        ids=["vmapped", "device-default", "ragged-loop"],
+    )
+    def test_dc_matching_equals_per_class_distance(self, sizes: tuple[int, ...], vmapped: bool | None) -> None:
+        """The batched real side (vmap, the loop, or the loop for ragged classes) gives DC's per-class distances."""
         from distillbench.methods._gradmatch import class_distance, match_all_classes
 
         net, real, syn = self.net_and_data(1)
         idx = [torch.arange(4 * c, 4 * c + s) for c, s in enumerate(sizes)]
         no_aug, gen = DSA("none"), torch.Generator()
-        dists, grad = match_all_classes(net, real, idx, syn, 2, "ours", no_aug, gen)
+        dists, grad = match_all_classes(net, real, idx, syn, 2, "ours", no_aug, gen, vmapped=vmapped)
         for c in range(10):
             syn_c = syn[2 * c : 2 * c + 2].clone().requires_grad_(True)
             expected = class_distance(net, real[idx[c]], syn_c, c, "ours", no_aug, gen)
