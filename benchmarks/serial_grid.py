@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from distillbench.harness import store
+from distillbench.harness.cli import _data_root
 from distillbench.harness.runner import run_trial
 from distillbench.harness.spec import load_grid_file
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("grid", help="YAML grid file")
     parser.add_argument("--results", required=True, help="results directory")
-    parser.add_argument("--data-root", help="dataset root (default: the grid's data_root)")
+    parser.add_argument("--data-root", help="dataset root (default: the grid's data_root, as distillbench run)")
     parser.add_argument("--shard", default="0/1", help="i/n: run pending trials i, i+n, i+2n, ... (default 0/1)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads of this process")
@@ -39,9 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     grid = load_grid_file(args.grid)
-    grid_dir = Path(args.grid).resolve().parent
-    root = Path(args.data_root or grid.data_root or ".")
-    data_root = root if root.is_absolute() else (Path.cwd() if args.data_root else grid_dir) / root
+    data_root = _data_root(args.data_root, grid.data_root, base=Path(args.grid).resolve().parent)
     results = store.check_results_dir(args.results)
     done = store.existing_trial_ids(results, status=("ok", "diverged"))
     pending = [t for t in grid.trials if t.trial_id not in done][int(index) :: int(count)]

@@ -230,8 +230,8 @@ def kde_weights(
     num_classes: int,
     *,
     bandwidth: float | str = "median",
-    power: float = 3.0,
-    clip: float | None = 100.0,
+    power: float = KDEParams.power,
+    clip: float | None = KDEParams.clip,
     normalize: str = "class_mean",
     chunk: int = 2048,
 ) -> torch.Tensor:
