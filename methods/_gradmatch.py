@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from distillbench.harness import microbatch
 from distillbench.harness.augment import DSA
 from distillbench.harness.errors import ConfigError
 from distillbench.harness.networks import resolve_network
@@ -287,8 +288,22 @@ def real_class_gradients(
     for c, (x, label) in enumerate(zip(real, labels, strict=True)):
         y = torch.full((len(x),), label, dtype=torch.int64, device=x.device)
         w = weights[c] if weights is not None else None
-        out.append([g.detach() for g in torch.autograd.grad(weighted_cross_entropy(net(x), y, w), params)])
+        chunk = microbatch.chunk_size(net, x)
+        if chunk is None:
+            out.append([g.detach() for g in torch.autograd.grad(weighted_cross_entropy(net(x), y, w), params)])
+        else:  # CPU: cache-sized micro-batches, gradients summed (harness/microbatch.py)
+            coefficients = cross_entropy_coefficients(w, len(x), x.device)
+            out.append(microbatch.weighted_grad(net, params, x, y, coefficients, chunk))
     return out
+
+
+def cross_entropy_coefficients(weights: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+    """Per-sample coefficients ``a`` with ``weighted_cross_entropy = sum_i a_i CE_i`` (they sum to one)."""
+    uniform = torch.full((n,), 1.0 / n, device=device)
+    if weights is None:
+        return uniform
+    total = weights.sum()
+    return torch.where(total > 0, weights / total.clamp_min(1e-30), uniform)
 
 
 def match_all_classes(
@@ -397,6 +412,7 @@ def train_on_synthetic(
     """
     net.train()
     n = len(y)
+    chunk: int | None = None  # CPU micro-batch size, decided on the first batch (0: whole batches)
     for _ in range(epochs):
         perm = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
         for start in range(0, n, batch):
@@ -404,9 +420,10 @@ def train_on_synthetic(
             xb = x[idx]
             if aug:
                 xb = aug.per_sample(xb, generator)
-            loss = F.cross_entropy(net(xb), y[idx])
+            if chunk is None:
+                chunk = microbatch.chunk_size(net, xb) or 0
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            microbatch.backward_mean_loss(net, xb, y[idx], chunk=chunk or None)
             opt.step()
 
 

@@ -33,10 +33,12 @@ Implementation notes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar, Literal
 
 import torch
 
+from distillbench.harness import microbatch
 from distillbench.harness.augment import DSA
 from distillbench.harness.errors import ConfigError
 from distillbench.harness.networks import resolve_network
@@ -156,8 +158,11 @@ class DistributionMatching(DistillationMethod):
             # sample is normalised on its own, so these batched passes are mathematically identical
             # to the reference's per-class passes (up to floating-point summation order). With batch
             # norm they are what the reference's BN branch does: all classes in one joint batch.
-            with torch.no_grad():  # the real side is a fixed target: no graph, no gradient
-                emb_real = fast.embed(net, real).flatten(1).view(num_classes, batch, -1)
+            # The real side is a fixed target: no graph, no gradient; on the CPU in cache-sized
+            # micro-batches (harness/microbatch.py: 1.8x faster there for 2,560 images, same math).
+            chunk = microbatch.chunk_size(net, real)
+            emb_real = microbatch.forward_no_grad(functools.partial(fast.embed, net), real, chunk)
+            emb_real = emb_real.flatten(1).view(num_classes, batch, -1)
             emb_syn = fast.embed(net, syn_in).flatten(1).view(num_classes, ipc, -1)
 
             w = weights[idx].view(num_classes, batch) if weights is not None else None

@@ -48,6 +48,8 @@ def _pool(size: int) -> int:
 class AlexCifarNetModule(nn.Module):
     """The AlexCifarNet itself; see the module docstring."""
 
+    samplewise = True  # no layer mixes the samples of a batch (harness/microbatch.py)
+
     def __init__(self, channels: int, height: int, width: int, num_classes: int) -> None:
         super().__init__()
         self.features = nn.Sequential(

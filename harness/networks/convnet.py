@@ -102,6 +102,8 @@ class ConvNetModule(nn.Module):
                 cur //= 2
             in_ch = p.width
         self.features = nn.Sequential(*layers)
+        # Micro-batching (harness/microbatch.py) is exact only when no layer mixes samples.
+        self.samplewise = p.norm != "batchnorm"
         self.feature_dim = p.width * cur * cur
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 

@@ -118,6 +118,8 @@ def build_with_init(factory: Callable[[], nn.Module], generator: torch.Generator
 class LeNetModule(nn.Module):
     """The LeNet itself; see the module docstring."""
 
+    samplewise = True  # no layer mixes the samples of a batch (harness/microbatch.py)
+
     def __init__(self, channels: int, height: int, width: int, num_classes: int, padding: tuple[int, int]) -> None:
         super().__init__()
         p1, p2 = padding

@@ -27,6 +27,8 @@ class MLPParams:
 class MLPModule(nn.Module):
     """Flatten -> (Linear -> ReLU) x len(hidden) -> Linear; ``embed`` is the last hidden layer."""
 
+    samplewise = True  # no layer mixes the samples of a batch (harness/microbatch.py)
+
     def __init__(self, in_features: int, hidden: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]

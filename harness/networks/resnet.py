@@ -99,6 +99,7 @@ class ResNet18Module(nn.Module):
             )
             in_ch = out_ch
         self.stages = nn.Sequential(*stages)
+        self.samplewise = p.norm != "batchnorm"  # harness/microbatch.py
         self.feature_dim = in_ch
         self.classifier = nn.Linear(in_ch, num_classes)
 
