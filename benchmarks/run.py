@@ -10,6 +10,8 @@ Operations (``--ops``):
 * ``eval``: one evaluation model, ConvNet-3 width 128 on MNIST-shaped IPC 10 data (100 images), DSA,
   batch 256. Baseline: the reference ``evaluate_synset`` training loop (``epochs + 1`` epochs); ours:
   :func:`~distillbench.harness.evaluate.train_on_set` for the same number of epochs.
+* ``eval_compiled``: as ``eval``, ours compiled (``torch.compile``; what a thousand-epoch CPU protocol
+  gets by itself); the compile is the untimed first call, reported as ``first_call_s``.
 * ``eval_batched``: K eval models of one trial. Baseline: our sequential engine, K models one after
   another; ours: the batched engine (:mod:`~distillbench.harness.batched`), all K in one vmapped step.
 * ``dm``: DM iterations (ConvNet-3, ``batch_real`` 256 per class, 10 classes, DSA, IPC 10). Baseline:
@@ -33,6 +35,7 @@ tensors of MNIST's shape; the JSON says which.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -41,7 +44,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -55,6 +58,7 @@ from reference_loops import (  # noqa: E402
 )
 
 from distillbench.harness.batched import train_models_batched  # noqa: E402
+from distillbench.harness.compiled import COMPILE_ENV  # noqa: E402
 from distillbench.harness.evaluate import evaluate, train_on_set  # noqa: E402
 from distillbench.harness.plugins import DATASETS, METHODS, PROTOCOLS  # noqa: E402
 from distillbench.harness.protocols import CONVNET_V1  # noqa: E402
@@ -62,7 +66,7 @@ from distillbench.harness.seeding import torch_generator  # noqa: E402
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet, Split  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-10k"
-OPS = ("eval", "eval_batched", "eval_agreement", "dm", "dc", "trial_overhead")
+OPS = ("eval", "eval_compiled", "eval_batched", "eval_agreement", "dm", "dc", "trial_overhead")
 TRIVIAL = "bench-trivial"
 
 # The trivial trial's protocol: one tiny model, zero epochs (registered on import, so Ray workers that
@@ -144,21 +148,72 @@ def side_by_side(
     }
 
 
+@contextlib.contextmanager
+def environment(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` inside the block, restored after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def bench_eval(data: DataBundle, device: torch.device, epochs: int, repeats: int) -> dict[str, object]:
-    """One eval model: the reference loop (``epochs + 1`` epochs) vs ``train_on_set`` (same count)."""
+    """One eval model: the reference loop (``epochs + 1`` epochs) vs ``train_on_set`` (same count), eager."""
     dset = ipc_set(data, 10)
     protocol = dataclasses.replace(CONVNET_V1, epochs=epochs + 1)
-    out = side_by_side(
-        lambda: reference_train_eval_model(
-            dset.x, dset.y, data.info, epochs=epochs, generator=torch_generator(0), device=device
-        ),
-        lambda: train_on_set(protocol, dset, data.info, generator=torch_generator(0), device=device),
-        repeats,
-        warmup=device.type == "cuda",
-    )
+    with environment(COMPILE_ENV, "off"):  # eager at any --epochs; eval_compiled measures compiling
+        out = side_by_side(
+            lambda: reference_train_eval_model(
+                dset.x, dset.y, data.info, epochs=epochs, generator=torch_generator(0), device=device
+            ),
+            lambda: train_on_set(protocol, dset, data.info, generator=torch_generator(0), device=device),
+            repeats,
+            warmup=device.type == "cuda",
+        )
     out["setting"] = (
         f"one eval model: convnet (ConvNet-3 width 128, instance norm) on {data.info.name} IPC 10 (100 images), "
         f"DSA {data.info.dsa_strategy}, SGD batch 256, {epochs + 1} epochs each (the full protocol runs 1001)"
+    )
+    return out
+
+
+def bench_eval_compiled(data: DataBundle, device: torch.device, epochs: int, repeats: int) -> dict[str, object]:
+    """As ``eval``, with our model compiled (``DISTILLBENCH_COMPILE=on``); the compile is timed apart.
+
+    A protocol of a thousand epochs compiles by itself (``harness/compiled.py``); the benchmark's few
+    epochs would not, so the setting is forced. The first call of ours compiles (or loads Inductor's
+    cache) and is reported as ``first_call_s``; the timed runs reuse the compiled code, as every
+    later model of a process does.
+    """
+    dset = ipc_set(data, 10)
+    protocol = dataclasses.replace(CONVNET_V1, epochs=epochs + 1)
+
+    def ours() -> None:
+        train_on_set(protocol, dset, data.info, generator=torch_generator(0), device=device)
+
+    with environment(COMPILE_ENV, "on"):
+        start = time.perf_counter()
+        ours()
+        first_call = time.perf_counter() - start
+        out = side_by_side(
+            lambda: reference_train_eval_model(
+                dset.x, dset.y, data.info, epochs=epochs, generator=torch_generator(0), device=device
+            ),
+            ours,
+            repeats,
+        )
+    out["first_call_s"] = round(first_call, 2)
+    saved_per_epoch = (out["baseline_s"] - out["ours_s"]) / (epochs + 1)
+    if saved_per_epoch > 0:
+        out["break_even_epochs"] = round((first_call - out["ours_s"]) / saved_per_epoch)
+    out["setting"] = (
+        f"as eval ({epochs + 1} epochs), ours compiled with torch.compile (Inductor, CPU); first_call_s is the "
+        "untimed first run that compiles; break_even_epochs is where compiling pays for itself"
     )
     return out
 
@@ -371,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short settings that finish in a few minutes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--ops", default="eval,eval_batched,dm,dc,trial_overhead", help=f"comma list of {OPS}")
+    default_ops = "eval,eval_compiled,eval_batched,dm,dc,trial_overhead"
+    parser.add_argument("--ops", default=default_ops, help=f"comma list of {OPS}")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--repeats", type=int, default=None, help="measurements of each side (best is reported)")
@@ -397,12 +453,14 @@ def main(argv: list[str] | None = None) -> int:
     k = args.k or (2 if args.quick else 4 if device.type == "cpu" else CONVNET_V1.n_models)
     trials = args.trials or (10 if args.quick else 20)
 
-    needs_data = {"eval", "eval_batched", "eval_agreement", "dm", "dc"} & set(ops)
+    needs_data = {"eval", "eval_compiled", "eval_batched", "eval_agreement", "dm", "dc"} & set(ops)
     data, source = load_mnist(args.data_root) if needs_data else (None, "")
     report: dict[str, object] = {}
     for op in ops:
         if op == "eval":
             report[op] = bench_eval(data, device, epochs, repeats)
+        elif op == "eval_compiled":
+            report[op] = bench_eval_compiled(data, device, epochs, repeats)
         elif op == "eval_batched":
             report[op] = bench_eval_batched(data, device, epochs, k, repeats)
         elif op == "eval_agreement":

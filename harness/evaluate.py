@@ -22,7 +22,8 @@ These choices differ from the reference code on purpose:
 * **Micro-batches on the CPU.** For networks that declare themselves samplewise (the bundled ones
   without batch norm), each CPU batch is back-propagated in cache-sized pieces whose gradients add up to
   the batch's (:mod:`~distillbench.harness.microbatch`; about 1.4x faster per step on the development
-  machine). The batch, its order and its augmentation are drawn whole, as before.
+  machine). The batch, its order and its augmentation are drawn whole, as before. Long CPU runs
+  (convnet-v1's thousand epochs) also compile the model (:mod:`~distillbench.harness.compiled`).
 * **Two engines, one math.** ``sequential`` trains the K models one after another
   (:func:`train_on_set`); ``batched`` (:mod:`~distillbench.harness.batched`) trains them together,
   one vmapped step over stacked parameters, each model drawing from its own generator exactly as
@@ -45,7 +46,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from distillbench.harness import microbatch
+from distillbench.harness import compiled, microbatch
 from distillbench.harness.augment import DSA
 from distillbench.harness.batched import maybe_train_batched
 from distillbench.harness.metrics import BIAS_COLUMNS, bias_metrics, has_bias_groups, is_long_tailed, shot_metrics
@@ -199,6 +200,7 @@ def train_on_set(
     n = x.shape[0]
     batch = min(protocol.batch_size, n)
     soft = relabel is not None or dset.soft
+    forward = compiled.training_forward(model, device, protocol.epochs * math.ceil(n / batch))
     chunk: int | None = None  # micro-batch size on the CPU (0: whole batches); harness/microbatch.py
     model.train()
     for epoch in range(protocol.epochs):
@@ -214,7 +216,7 @@ def train_on_set(
             if chunk is None:
                 chunk = microbatch.chunk_size(model, xb) or 0  # decided once, from the first batch
             optimizer.zero_grad(set_to_none=True)
-            microbatch.backward_mean_loss(model, xb, target, soft=soft, chunk=chunk or None)
+            microbatch.backward_mean_loss(forward, xb, target, soft=soft, chunk=chunk or None)
             optimizer.step()
     return model.eval()
 

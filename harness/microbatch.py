@@ -117,7 +117,7 @@ def forward_no_grad(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
 
 
 def backward_mean_loss(
-    model: nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     target: torch.Tensor,
     *,
@@ -125,6 +125,8 @@ def backward_mean_loss(
     chunk: int | None = None,
 ) -> torch.Tensor:
     """Back-propagate the batch's mean cross-entropy into ``model``'s ``.grad``; returns it, detached.
+
+    ``model`` is the module or any callable computing its logits (such as its compiled form).
 
     ``target`` holds class indices, or with ``soft`` probability rows (loss
     ``-(target * log_softmax(logits)).sum(1).mean()``). With ``chunk`` the batch runs as micro-batches

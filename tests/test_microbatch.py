@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from distillbench.harness import microbatch
+from distillbench.harness import compiled, microbatch
 from distillbench.harness.augment import DSA
 from distillbench.harness.errors import ConfigError
 from distillbench.harness.evaluate import train_on_set
@@ -147,3 +147,59 @@ class TestWhenItSplits:
         monkeypatch.setenv(microbatch.MICROBATCH_ENV, "lots")
         with pytest.raises(ConfigError, match="DISTILLBENCH_MICROBATCH='lots' is not valid; use auto, off or"):
             microbatch.chunk_size(net, x)
+
+
+class TestCompile:
+    """When the CPU eval engine compiles (harness/compiled.py), and that the compiled step is the eager one."""
+
+    def test_auto_compiles_only_long_cpu_runs(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv(compiled.COMPILE_ENV, raising=False)
+        monkeypatch.setattr(compiled, "have_cxx", lambda: True)
+        cpu = torch.device("cpu")
+        assert compiled.should_compile(cpu, compiled.MIN_STEPS)
+        assert not compiled.should_compile(cpu, compiled.MIN_STEPS - 1), "a short run must not pay for a compile"
+        assert not compiled.should_compile(torch.device("cuda"), 10**6), "CUDA evaluation belongs to the batched engine"
+        monkeypatch.setattr(compiled, "have_cxx", lambda: False)
+        assert not compiled.should_compile(cpu, 10**6), "auto without a C++ compiler must stay eager"
+
+    def test_on_off_and_bad_settings(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        cpu = torch.device("cpu")
+        monkeypatch.setenv(compiled.COMPILE_ENV, "off")
+        assert not compiled.should_compile(cpu, 10**6)
+        monkeypatch.setenv(compiled.COMPILE_ENV, "on")
+        monkeypatch.setattr(compiled, "have_cxx", lambda: True)
+        assert compiled.should_compile(cpu, 1)
+        monkeypatch.setattr(compiled, "have_cxx", lambda: False)
+        with pytest.raises(ConfigError, match="DISTILLBENCH_COMPILE=on needs a C\\+\\+ compiler"):
+            compiled.should_compile(cpu, 1)
+        monkeypatch.setenv(compiled.COMPILE_ENV, "yes")
+        with pytest.raises(ConfigError, match="DISTILLBENCH_COMPILE='yes' is not valid; use auto, on, off"):
+            compiled.should_compile(cpu, 1)
+
+    def test_failed_compile_trains_eagerly(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def broken(_model: nn.Module) -> object:
+            def call(_x: torch.Tensor) -> torch.Tensor:
+                raise RuntimeError("no compiler today")
+
+            return call
+
+        monkeypatch.setattr(torch, "compile", broken)
+        monkeypatch.setenv(compiled.COMPILE_ENV, "on")
+        monkeypatch.setattr(compiled, "have_cxx", lambda: True)
+        net = build_network("convnet[width=8]", MNIST_SHAPED, torch_generator(0))
+        forward = compiled.training_forward(net, torch.device("cpu"), 1)
+        x = torch.randn(2, 1, 28, 28)
+        assert torch.equal(forward(x), net(x)) and torch.equal(forward(x), net(x))
+        assert "torch.compile failed (RuntimeError: no compiler today); training this model eagerly" in caplog.text
+
+    @pytest.mark.slow  # compiling takes 30-90 s on 2 cores with an empty Inductor cache
+    def test_compiled_training_equals_eager(
+        self, digits: DataBundle, dset: DistilledSet, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        models = {}
+        for setting in ("off", "on"):
+            monkeypatch.setenv(compiled.COMPILE_ENV, setting)
+            models[setting] = train_on_set(PROTOCOL, dset, digits.info, generator=torch_generator(3), device="cpu")
+        assert_same_parameters(models["off"], models["on"], "train_on_set, compiled")
