@@ -57,7 +57,7 @@ from reference_loops import (  # noqa: E402
     reference_train_eval_model,
 )
 
-from distillbench.harness.batched import train_models_batched  # noqa: E402
+from distillbench.harness.batched import ENGINE_ENV, train_models_batched  # noqa: E402
 from distillbench.harness.compiled import COMPILE_ENV  # noqa: E402
 from distillbench.harness.evaluate import evaluate, train_on_set  # noqa: E402
 from distillbench.harness.plugins import DATASETS, METHODS, PROTOCOLS  # noqa: E402
@@ -245,14 +245,11 @@ def bench_eval_agreement(data: DataBundle, device: torch.device, epochs: int, k:
     protocol = dataclasses.replace(CONVNET_V1, epochs=epochs, n_models=k)
     accs: dict[str, list[float]] = {}
     for engine in ("sequential", "batched"):
-        os.environ["DISTILLBENCH_EVAL_ENGINE"] = engine
-        try:
+        with environment(ENGINE_ENV, engine):
             # Seed 0 for one engine and 1 for the other: independent models, so the t-test asks whether
             # the two engines draw from one accuracy distribution (same seeds would give equal models).
             seed = 0 if engine == "sequential" else 1
             accs[engine] = list(evaluate(protocol, dset, data, seed=seed, device=device).acc_per_model)
-        finally:
-            os.environ.pop("DISTILLBENCH_EVAL_ENGINE", None)
     test = ttest_ind(accs["sequential"], accs["batched"], equal_var=False)
     mean = {e: sum(a) / len(a) for e, a in accs.items()}
     return {

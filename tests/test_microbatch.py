@@ -7,7 +7,6 @@ Digits batches are too small for ``auto`` to split them, so the equivalence test
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from distillbench.harness.augment import DSA
 from distillbench.harness.errors import ConfigError
 from distillbench.harness.evaluate import train_on_set
 from distillbench.harness.networks import build_network
-from distillbench.harness.plugins import DATASETS, METHODS
+from distillbench.harness.plugins import METHODS
 from distillbench.harness.protocols import QUICK_V1
 from distillbench.harness.seeding import torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
@@ -28,12 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROTOCOL = dataclasses.replace(QUICK_V1, networks=("convnet[width=16]",), epochs=4, lr=0.05, n_models=1)
 MNIST_SHAPED = DatasetInfo("mnist-shaped", "image", 10, (1, 28, 28), tuple(map(str, range(10))))
-
-
-@pytest.fixture(scope="module")
-def digits() -> DataBundle:
-    configured = DATASETS.resolve("digits")
-    return configured.obj(configured.params).load(Path("."))
 
 
 @pytest.fixture(scope="module")
