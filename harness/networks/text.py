@@ -172,6 +172,16 @@ class _TextNetwork(Network):
             )
         return emb
 
+    def build(self, info: DatasetInfo, generator: torch.Generator) -> nn.Module:
+        self.validate(info)
+        emb = self._embeddings(info)
+        vocab, dim = emb.shape
+        return construct_text(lambda: self.module(vocab, dim, info.num_classes), generator, emb)
+
+    def module(self, vocab: int, dim: int, num_classes: int) -> nn.Module:
+        """The uninitialised module (built on the meta device by :func:`construct_text`)."""
+        raise NotImplementedError
+
 
 @register_network("textcnn")
 class TextCNN(_TextNetwork):
@@ -180,11 +190,8 @@ class TextCNN(_TextNetwork):
     name = "textcnn"
     Params = TextCNNParams
 
-    def build(self, info: DatasetInfo, generator: torch.Generator) -> nn.Module:
-        self.validate(info)
-        emb = self._embeddings(info)
-        vocab, dim = emb.shape
-        return construct_text(lambda: TextCNNModule(vocab, dim, info.num_classes, self.params), generator, emb)
+    def module(self, vocab: int, dim: int, num_classes: int) -> nn.Module:
+        return TextCNNModule(vocab, dim, num_classes, self.params)
 
 
 @register_network("birnn")
@@ -193,23 +200,15 @@ class BiRNN(_TextNetwork):
 
     name = "birnn"
     Params = TextRNNParams
+    cell = "rnn"
 
-    def build(self, info: DatasetInfo, generator: torch.Generator) -> nn.Module:
-        self.validate(info)
-        emb = self._embeddings(info)
-        vocab, dim = emb.shape
-        return construct_text(lambda: TextRNNModule(vocab, dim, info.num_classes, self.params, "rnn"), generator, emb)
+    def module(self, vocab: int, dim: int, num_classes: int) -> nn.Module:
+        return TextRNNModule(vocab, dim, num_classes, self.params, self.cell)
 
 
 @register_network("bilstm")
-class BiLSTM(_TextNetwork):
+class BiLSTM(BiRNN):
     """2-layer bidirectional LSTM (hidden 100); final forward + backward states -> linear."""
 
     name = "bilstm"
-    Params = TextRNNParams
-
-    def build(self, info: DatasetInfo, generator: torch.Generator) -> nn.Module:
-        self.validate(info)
-        emb = self._embeddings(info)
-        vocab, dim = emb.shape
-        return construct_text(lambda: TextRNNModule(vocab, dim, info.num_classes, self.params, "lstm"), generator, emb)
+    cell = "lstm"
