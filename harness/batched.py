@@ -39,6 +39,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from distillbench.harness.augment import DSA
+from distillbench.harness.microbatch import soft_cross_entropy
 from distillbench.harness.networks import build_network
 from distillbench.harness.protocols import EvalProtocol
 from distillbench.harness.seeding import torch_generator
@@ -72,10 +73,6 @@ def unsupported_reason(model: nn.Module) -> str | None:
         if isinstance(module, nn.modules.dropout._DropoutNd):
             return f"{type(module).__name__} draws from the global random stream, not the model's generator"
     return None
-
-
-def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
 def train_models_batched(
@@ -115,7 +112,7 @@ def train_models_batched(
 
     x = dset.x.detach().to(device=device, dtype=torch.float32)
     y = dset.y.detach().to(device=device, dtype=torch.float32 if dset.soft else torch.long)
-    criterion = _soft_cross_entropy if dset.soft else F.cross_entropy
+    criterion = soft_cross_entropy if dset.soft else F.cross_entropy
 
     def one_loss(p: dict, b: dict, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return criterion(functional_call(template, (p, b), (xb,)), yb)

@@ -201,8 +201,8 @@ def train_on_set(
     batch = min(protocol.batch_size, n)
     soft = relabel is not None or dset.soft
     forward = compiled.training_forward(model, device, protocol.epochs * math.ceil(n / batch))
-    chunk: int | None = None  # micro-batch size on the CPU (0: whole batches); harness/microbatch.py
     model.train()
+    chunk = microbatch.chunk_size(model, x[:batch])  # CPU micro-batches (harness/microbatch.py)
     for epoch in range(protocol.epochs):
         if epoch == decay_epoch:
             for group in optimizer.param_groups:
@@ -213,10 +213,8 @@ def train_on_set(
             idx = order[start : start + batch]
             xb = augment.per_sample(x[idx], generator)
             target = relabel(xb) if relabel is not None else y[idx]
-            if chunk is None:
-                chunk = microbatch.chunk_size(model, xb) or 0  # decided once, from the first batch
             optimizer.zero_grad(set_to_none=True)
-            microbatch.backward_mean_loss(forward, xb, target, soft=soft, chunk=chunk or None)
+            microbatch.backward_mean_loss(forward, xb, target, soft=soft, chunk=chunk)
             optimizer.step()
     return model.eval()
 

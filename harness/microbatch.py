@@ -51,8 +51,17 @@ def is_samplewise(model: nn.Module) -> bool:
     and no batch-norm layer may be in training mode and no dropout active (a frozen batch norm in
     eval mode is per-sample).
     """
-    if not getattr(model, "samplewise", False):
-        return False
+    return bool(getattr(model, "samplewise", False)) and samples_independent(model)
+
+
+def samples_independent(model: nn.Module) -> bool:
+    """Whether no batch-norm layer of ``model`` is in training mode and no dropout layer is active.
+
+    Batch norm in training mode uses batch statistics; dropout's mask comes from the global stream, so
+    a split or a joint pass would draw differently. A batch norm frozen in eval mode counts as
+    independent. This only inspects the standard layers; :func:`is_samplewise` also requires the
+    network's own declaration.
+    """
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd) and m.training:
             return False
@@ -175,8 +184,13 @@ def weighted_grad(
     return total
 
 
-def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, soft: bool, reduction: str) -> torch.Tensor:
-    if not soft:
-        return F.cross_entropy(logits, target, reduction=reduction)
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """``-(target * log_softmax(logits)).sum(1)``, averaged (``mean``) or summed (``sum``) over the batch."""
     per_sample = -(target * F.log_softmax(logits, dim=1)).sum(1)
     return per_sample.mean() if reduction == "mean" else per_sample.sum()
+
+
+def _cross_entropy(logits: torch.Tensor, target: torch.Tensor, soft: bool, reduction: str) -> torch.Tensor:
+    if soft:
+        return soft_cross_entropy(logits, target, reduction)
+    return F.cross_entropy(logits, target, reduction=reduction)

@@ -53,6 +53,7 @@ from torch.func import functional_call, grad, vmap
 from distillbench.harness import microbatch
 from distillbench.harness.augment import DSA
 from distillbench.harness.errors import ConfigError
+from distillbench.harness.microbatch import samples_independent
 from distillbench.harness.networks import resolve_network
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import Context, DataBundle, DistilledSet
@@ -182,10 +183,7 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: 
     if weights is None:
         return F.cross_entropy(logits, labels)
     per_sample = F.cross_entropy(logits, labels, reduction="none")
-    total = weights.sum()
-    # torch.where instead of an ``if`` on the total: no host synchronisation per class on a GPU.
-    weighted = (weights * per_sample).sum() / total.clamp_min(1e-30)
-    return torch.where(total > 0, weighted, per_sample.mean())
+    return (cross_entropy_coefficients(weights, len(labels), logits.device) * per_sample).sum()
 
 
 def class_distance(
@@ -226,19 +224,6 @@ def class_distance(
     loss_syn = F.cross_entropy(net(syn), y_syn)
     g_syn = torch.autograd.grad(loss_syn, params, create_graph=True)
     return gradient_distance(g_real, g_syn, metric)
-
-
-def samples_independent(net: nn.Module) -> bool:
-    """Whether ``net``'s output for a sample is independent of the rest of its batch (as it is now).
-
-    True unless a batch-norm layer is in training mode (batch statistics) or a dropout layer is active
-    (its mask comes from the global stream, so one joint pass would draw differently). Batch norm
-    frozen by :func:`freeze_batchnorm_statistics` is in eval mode and counts as independent.
-    """
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd) and m.training:
-            return False
-    return True
 
 
 def real_class_gradients(
@@ -303,6 +288,7 @@ def cross_entropy_coefficients(weights: torch.Tensor | None, n: int, device: tor
     if weights is None:
         return uniform
     total = weights.sum()
+    # torch.where instead of an ``if`` on the total: no host synchronisation per class on a GPU.
     return torch.where(total > 0, weights / total.clamp_min(1e-30), uniform)
 
 
@@ -412,7 +398,7 @@ def train_on_synthetic(
     """
     net.train()
     n = len(y)
-    chunk: int | None = None  # CPU micro-batch size, decided on the first batch (0: whole batches)
+    chunk = microbatch.chunk_size(net, x[:batch])  # CPU micro-batches (harness/microbatch.py)
     for _ in range(epochs):
         perm = torch.randperm(n, generator=generator, device=generator.device).to(x.device)
         for start in range(0, n, batch):
@@ -420,10 +406,8 @@ def train_on_synthetic(
             xb = x[idx]
             if aug:
                 xb = aug.per_sample(xb, generator)
-            if chunk is None:
-                chunk = microbatch.chunk_size(net, xb) or 0
             opt.zero_grad(set_to_none=True)
-            microbatch.backward_mean_loss(net, xb, y[idx], chunk=chunk or None)
+            microbatch.backward_mean_loss(net, xb, y[idx], chunk=chunk)
             opt.step()
 
 
