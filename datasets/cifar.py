@@ -27,12 +27,12 @@ import numpy as np
 
 from distillbench.datasets import _files
 from distillbench.datasets._files import check_md5, dataset_lock, extract_tar, fix_hint
-from distillbench.datasets._longtail import LongTailParams, build_image_bundle
-from distillbench.datasets.base import Dataset
+from distillbench.datasets._longtail import LongTailParams
+from distillbench.datasets.base import OfficialSplitImages
 from distillbench.harness.errors import DataError
 from distillbench.harness.params import format_spec
 from distillbench.harness.plugins import register_dataset
-from distillbench.harness.types import DataBundle, DatasetInfo
+from distillbench.harness.types import DatasetInfo
 
 # The order of the label names in each archive's meta file (batches.meta: label_names; meta: fine_label_names).
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -140,7 +140,7 @@ CIFAR100_CLASSES = (
 )
 
 
-class _CIFAR(Dataset):
+class _CIFAR(OfficialSplitImages):
     """Shared loader of the CIFAR archives; subclasses set the class attributes below.
 
     Class attributes:
@@ -203,10 +203,8 @@ class _CIFAR(Dataset):
             DataError: a file is missing (and ``download`` is off), corrupt, or cannot be downloaded.
         """
         root = Path(root)
-        missing = self._missing(root)
         if not download:
-            if missing:
-                raise self._missing_error(root, missing)
+            self.check_files(root)
             return
         url, archive_name, archive_md5, sums = self._remote()
         base = root / self.folder
@@ -262,19 +260,11 @@ class _CIFAR(Dataset):
         parts = [self._read_batch(Path(root) / self.folder / n) for n in names]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def load(self, root: Path) -> DataBundle:
-        """Read the batches into normalised train / validation / test tensors.
+    def _read_splits(self, root: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        return self._read_split(root, self.train_files), self._read_split(root, self.test_files)
 
-        Raises:
-            DataError: a file is missing or does not parse; the message names it.
-        """
-        root = Path(root)
-        missing = self._missing(root)
-        if missing:
-            raise self._missing_error(root, missing)
-        train = self._read_split(root, self.train_files)
-        test = self._read_split(root, self.test_files)
-        return build_image_bundle(self.info(), train, test, self.params.imbalance, source=str(root / self.folder))
+    def _source(self, root: Path) -> Path:
+        return Path(root) / self.folder
 
 
 @register_dataset("cifar10")

@@ -33,12 +33,12 @@ import numpy as np
 
 from distillbench.datasets import _files
 from distillbench.datasets._files import check_md5, dataset_lock, fix_hint, gunzip, read_idx
-from distillbench.datasets._longtail import LongTailParams, build_image_bundle
-from distillbench.datasets.base import Dataset
+from distillbench.datasets._longtail import LongTailParams
+from distillbench.datasets.base import OfficialSplitImages
 from distillbench.harness.errors import DataError
 from distillbench.harness.params import format_spec
 from distillbench.harness.plugins import register_dataset
-from distillbench.harness.types import DataBundle, DatasetInfo
+from distillbench.harness.types import DatasetInfo
 
 # The four IDX files of every MNIST-format distribution, by role (names fixed by the format).
 FILES = {
@@ -49,7 +49,7 @@ FILES = {
 }
 
 
-class _MNISTFormat(Dataset):
+class _MNISTFormat(OfficialSplitImages):
     """Shared loader of the MNIST-format datasets; subclasses set the class attributes below.
 
     Class attributes:
@@ -120,10 +120,8 @@ class _MNISTFormat(Dataset):
             DataError: a file is missing (and ``download`` is off), corrupt, or cannot be downloaded.
         """
         root = Path(root)
-        missing = self._missing(root)
         if not download:
-            if missing:
-                raise self._missing_error(root, missing)
+            self.check_files(root)
             return
         mirrors, sums = self._remote()
         raw = self.raw_folder(root)
@@ -174,19 +172,14 @@ class _MNISTFormat(Dataset):
             raise DataError(f"dataset {self.name!r}: {paths[labels_key]} has label {int(labels.max())}; expected 0-9")
         return images[:, None, :, :], labels.astype(np.int64)
 
-    def load(self, root: Path) -> DataBundle:
-        """Read the IDX files into normalised train / validation / test tensors.
+    def _read_splits(self, root: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        return (
+            self._read_split(root, "train_images", "train_labels"),
+            self._read_split(root, "test_images", "test_labels"),
+        )
 
-        Raises:
-            DataError: a file is missing or does not parse; the message names it.
-        """
-        root = Path(root)
-        missing = self._missing(root)
-        if missing:
-            raise self._missing_error(root, missing)
-        train = self._read_split(root, "train_images", "train_labels")
-        test = self._read_split(root, "test_images", "test_labels")
-        return build_image_bundle(self.info(), train, test, self.params.imbalance, source=str(self.raw_folder(root)))
+    def _source(self, root: Path) -> Path:
+        return self.raw_folder(root)
 
 
 @register_dataset("mnist")
