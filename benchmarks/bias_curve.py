@@ -6,9 +6,10 @@ measures the curve instead of guessing it: one DM run per weighting, the synthet
 chosen iterations (iteration 0 is the real-image initialisation), each snapshot evaluated under the
 protocol with the bias columns (aligned, conflicting, worst group).
 
-A snapshot at iteration n is exactly the set a run with ``iterations=n`` would return: DM has no
-schedule that depends on the total, each iteration's network comes from ``(seed, iteration)`` and
-its batches from one generator, so stopping early changes nothing before the stop.
+A snapshot at iteration n is the set DM returns when run for n iterations from the same seed
+(``tests/test_methods.py::TestTruncation``): DM has no schedule that depends on the total, each
+iteration's network comes from ``(seed, iteration)`` and its batches from one generator. (A grid
+trial ``dm[iterations=n]`` gets another seed, since trial seeds derive from the parameters.)
 
     python benchmarks/bias_curve.py --data-root ../shared/data/mnist-10k --at 0,200,1000,3000 \\
         --weighting kde --threads 1 --json > kde.json

@@ -265,6 +265,38 @@ def _dm_objective(data: DataBundle, x: torch.Tensor, ipc: int, net_spec: str, ne
     return total / nets
 
 
+class _Capture:
+    """A checkpoint stand-in that keeps a copy of the synthetic set after one chosen iteration."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.syn: torch.Tensor | None = None
+
+    def resume(self, **objects: Any) -> int:
+        return 0
+
+    def maybe_save(self, iteration: int, **objects: Any) -> bool:
+        if iteration == self.at:
+            self.syn = objects["syn"].detach().clone()
+        return False
+
+
+class TestTruncation:
+    """DM stopped after n iterations is DM run for n iterations (benchmarks/bias_curve.py relies on it)."""
+
+    @pytest.mark.parametrize("weighted", [False, True])
+    def test_dm_snapshot_equals_shorter_run(self, digits: DataBundle, weighted: bool) -> None:
+        weights = torch.rand(len(digits.train), generator=torch_generator(5)) if weighted else None
+        capture = _Capture(at=3)
+        run(make_method("dm", iterations=6), digits, ipc=2, weights=weights, checkpoint=capture)
+        short = run(make_method("dm", iterations=3), digits, ipc=2, weights=weights)
+        assert capture.syn is not None, "dm never reported iteration 3 to its checkpoint"
+        assert torch.equal(capture.syn, short.x), (
+            "the set after 3 of 6 dm iterations differs from a 3-iteration run with the same seed: something in "
+            "dm's loop depends on the total iteration count, so an iteration curve would not show shorter runs"
+        )
+
+
 class TestLongTailedInit:
     """Methods that initialise from real images handle classes with fewer images than ipc."""
 
