@@ -174,9 +174,36 @@ def _distill_or_shrink(resolved: ResolvedTrial, data: DataBundle, **kwargs: Any)
     return dset
 
 
-def _peak_memory(device: torch.device) -> int:
+def _reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak-memory measurement for this trial; whether the CPU peak could be reset.
+
+    CUDA keeps its own peak counter. On the CPU, Linux (4.0 and later) resets the process's peak
+    resident set (``VmHWM``) when 5 is written to ``/proc/self/clear_refs``; without that (another
+    OS, a locked-down /proc) the peak is the process's since it started, which in a worker that
+    runs many trials is the largest trial's so far.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_memory(device: torch.device, since_reset: bool) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    if since_reset:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024  # "VmHWM:  123708 kB"
+        except OSError:
+            pass
     # ru_maxrss is in KiB on Linux; it is the process's peak so far (a reused worker keeps its maximum).
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
@@ -310,8 +337,7 @@ def run_trial(
         "start_time": start,
         **provenance(),
     }
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    peak_reset = _reset_peak_memory(device)
     try:
         resolved = spec.resolve()
         row.update(identity_columns(resolved))
@@ -375,7 +401,7 @@ def run_trial(
     except Exception as exc:  # one failing trial must not stop the grid; the row carries the error
         rows = [{**row, "status": "error", "error": _error_text(exc)}]
     end = dt.datetime.now(dt.UTC)
-    peak = _peak_memory(device)
+    peak = _peak_memory(device, peak_reset)
     if device.type == "cuda":  # per-trial peak (reset at the start) and a clean device for the next trial
         _release_memory(device)
     return [store.make_row({**r, "peak_memory_bytes": peak, "end_time": end}) for r in rows]

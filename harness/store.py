@@ -83,7 +83,7 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     # cost
     ("distill_seconds", _F, "wall time of distillation (0 when the set was reused)"),
     ("eval_seconds", _F, "wall time of the evaluation"),
-    ("peak_memory_bytes", _I, "peak resident memory of the trial process (CPU) or peak CUDA memory"),
+    ("peak_memory_bytes", _I, "peak CUDA memory, or peak resident memory of the process during the trial (CPU)"),
     ("device", _S, "device of the computation, e.g. cpu or cuda:0 (NVIDIA H100)"),
     ("set_bytes", _I, "bytes of the distilled set's tensors"),
     ("set_reused", pa.bool_(), "the set was loaded from the store instead of distilled again"),

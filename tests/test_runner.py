@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -28,6 +30,19 @@ class Diverging(DistillationMethod):
 
     def distill(self, data, ipc, ctx):
         raise DivergedError("loss is nan at iteration 3")
+
+
+class Hungry(DistillationMethod):
+    """Touches 400 MB before returning random real samples, like a memory-hungry method."""
+
+    name = "hungry"
+
+    def distill(self, data, ipc, ctx):
+        from distillbench.methods.random import RandomReal
+
+        block = torch.ones(100_000_000)  # 400 MB, written so the pages are resident
+        del block
+        return RandomReal().distill(data, ipc, ctx)
 
 
 class TestRunTrial:
@@ -59,6 +74,18 @@ class TestRunTrial:
         (again,) = run_trial(TrialSpec("digits", "random", 1, protocol="tiny-test"), results=tmp_path)
         assert not first["set_reused"] and again["set_reused"] and again["distill_seconds"] == 0.0
         assert again["acc_per_model"] == first["acc_per_model"]
+
+    @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="per-trial CPU peaks need Linux /proc")
+    def test_cpu_peak_memory_is_per_trial(self, tiny_protocol):
+        """In one process, a small trial after a 400 MB one reports its own peak, not the process's."""
+        with temp_plugin("methods", "hungry", Hungry):
+            (big,) = run_trial(TrialSpec("digits", "hungry", 1, protocol="tiny-test"), device="cpu")
+        (small,) = run_trial(TrialSpec("digits", "random", 1, protocol="tiny-test"), device="cpu")
+        assert big["status"] == small["status"] == "ok", (big["error"], small["error"])
+        assert big["peak_memory_bytes"] > small["peak_memory_bytes"] + 300e6, (
+            f"peaks {big['peak_memory_bytes'] / 1e6:.0f} MB (400 MB trial) and "
+            f"{small['peak_memory_bytes'] / 1e6:.0f} MB (small trial after it): it inherited the process's peak"
+        )
 
     def test_plugin_error_becomes_error_row(self, tiny_protocol):
         """An exception inside a method ends the trial with status error and the message, not a crash."""
