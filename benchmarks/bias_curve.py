@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from distillbench.harness.checkpoint import NoCheckpoint
 from distillbench.harness.errors import DistillBenchError
 from distillbench.harness.runner import distill_set, evaluate_set, load_data
 from distillbench.harness.spec import TrialSpec
@@ -35,7 +36,7 @@ from distillbench.harness.types import DistilledSet
 COLUMNS = ("acc_mean", "acc_std", "acc_aligned", "acc_conflicting", "acc_worst_group")
 
 
-class Snapshots:
+class Snapshots(NoCheckpoint):
     """Stands in for the trial's checkpoint and evaluates the synthetic set at chosen iterations.
 
     Evaluating inside the loop (rather than after it) leaves the run's randomness alone: DM draws
@@ -63,9 +64,6 @@ class Snapshots:
     def maybe_save(self, iteration: int, **objects: Any) -> bool:
         self._point(iteration, objects["syn"])
         return False
-
-    def clear(self) -> None:
-        return None
 
 
 def _percent(value: float | None) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from distillbench.harness.checkpoint import NoCheckpoint
 from distillbench.harness.errors import ConfigError, DivergedError, IncompatibleError
 from distillbench.harness.networks import build_network
 from distillbench.harness.plugins import DATASETS, METHODS
@@ -265,15 +266,12 @@ def _dm_objective(data: DataBundle, x: torch.Tensor, ipc: int, net_spec: str, ne
     return total / nets
 
 
-class _Capture:
+class _Capture(NoCheckpoint):
     """A checkpoint stand-in that keeps a copy of the synthetic set after one chosen iteration."""
 
     def __init__(self, at: int) -> None:
         self.at = at
         self.syn: torch.Tensor | None = None
-
-    def resume(self, **objects: Any) -> int:
-        return 0
 
     def maybe_save(self, iteration: int, **objects: Any) -> bool:
         if iteration == self.at:
