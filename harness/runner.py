@@ -224,16 +224,25 @@ def distill_set(
     progress: Callable[[float, str], None] | None = None,
     cache_dir: Path | None = None,
     base: DistilledSet | None = None,
+    results: Path | str | None = None,
 ) -> DistilledSet:
     """Weighting, distillation and the label stage of one trial.
 
     The method's seed comes from the trial *without* its label stage, so ``labels: teacher`` or
     ``adsa`` relabel exactly the images of the ``native`` trial; ``base`` is that native set when
-    it is already stored (then only the label stage runs). ``cache_dir`` is where teachers are kept.
+    it is already stored (then only the label stage runs). ``cache_dir`` is where teachers are kept,
+    ``results`` the results directory whose cached artefacts (expert buffers) the method may share.
     """
     native = _with_native_labels(resolved)
     seed = derive_seed(resolved.spec.seed, "distill", (native or resolved).distill_id)
-    ctx = Context(device=device, generator=torch_generator(seed), seed=seed, progress=progress, cache_dir=cache_dir)
+    ctx = Context(
+        device=device,
+        generator=torch_generator(seed),
+        seed=seed,
+        progress=progress,
+        cache_dir=cache_dir,
+        results=results,
+    )
     if checkpoint is not None:  # a Checkpointer: the method's loop resumes from it
         ctx.checkpoint = checkpoint
     if base is not None:
@@ -252,6 +261,9 @@ def distill_set(
     dset = stage.apply(dset, data, ctx)
     if not torch.isfinite(dset.x).all():
         raise DivergedError(f"method {resolved.method.display!r} produced non-finite samples")
+    # The space the samples live in travels with the set: evaluating it against data in the other
+    # space (ZCA-whitened or not) is refused instead of giving a silently wrong number.
+    dset.meta["zca"] = bool(data.info.zca)
     return dset
 
 
@@ -286,6 +298,7 @@ def _set_metadata(resolved: ResolvedTrial, distill_seconds: float) -> dict[str, 
         "ipc": resolved.spec.ipc,
         "seed": resolved.spec.seed,
         "distill_seconds": distill_seconds,
+        "zca": bool(getattr(resolved.info, "zca", False)),
         **{k: v for k, v in provenance().items() if k in ("package_version", "git_sha")},
     }
 
@@ -362,6 +375,7 @@ def run_trial(
                 progress=progress,
                 cache_dir=_teacher_dir(results),
                 base=base,
+                results=results,
             )
             distill_seconds = time.perf_counter() - t0
             if results is not None:
@@ -383,6 +397,9 @@ def run_trial(
             ),
             notes=dset.meta.get("notes"),
             label_tau=dset.meta.get("label_tau"),
+            # Seconds this trial spent building the cached artefact its method trains on (expert
+            # trajectories); 0 when it was reused, null for methods without one.
+            buffer_seconds=(0.0 if reused else dset.meta["buffer"]["build_seconds"]) if "buffer" in dset.meta else None,
             set_path=store.set_relpath(resolved.distill_id) if (existing is not None and results is not None) else None,
         )
         rows = []

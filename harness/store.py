@@ -82,6 +82,12 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("label_tau", _F, "logit-adjustment tau chosen by the adsa label stage (null for other label stages)"),
     # cost
     ("distill_seconds", _F, "wall time of distillation (0 when the set was reused)"),
+    (
+        "buffer_seconds",
+        _F,
+        "wall time this trial spent building the cached expert trajectories its method trains on (0 when they "
+        "were reused, null for methods without them); included in distill_seconds",
+    ),
     ("eval_seconds", _F, "wall time of the evaluation"),
     ("peak_memory_bytes", _I, "peak CUDA memory, or peak resident memory of the process during the trial (CPU)"),
     ("device", _S, "device of the computation, e.g. cpu or cuda:0 (NVIDIA H100)"),

@@ -25,6 +25,8 @@ class DatasetInfo:
         mean: per-channel mean used for normalisation (images).
         std: per-channel std used for normalisation (images).
         dsa_strategy: the DSA augmentation families suited to the data (no flips for digits).
+        zca: whether the samples are ZCA-whitened (``zca=true``: fitted on the train split, applied to
+            every split); a set distilled in one space cannot be evaluated in the other.
     """
 
     name: str
@@ -35,6 +37,7 @@ class DatasetInfo:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
+    zca: bool = False
 
 
 @dataclasses.dataclass
@@ -116,6 +119,9 @@ class Context:
             :mod:`distillbench.harness.checkpoint`); a no-op unless the runner gives the trial one.
         cache_dir: where shared artefacts such as trained teachers are stored (``<results>/teachers``
             under the runner); ``None`` means the user cache (``$DISTILLBENCH_CACHE`` or ``~/.cache/distillbench``).
+        results: the trial's results directory (a local path, a URI or a store ``Location``), where cached
+            artefacts shared by trials and nodes live (``<results>/buffers``); ``None`` without one (the
+            user cache is used instead).
     """
 
     device: torch.device
@@ -126,6 +132,7 @@ class Context:
     time_budget_s: float | None = None
     checkpoint: Any = dataclasses.field(default_factory=lambda: _no_checkpoint())
     cache_dir: Path | None = None
+    results: Any = None
 
     def report(self, fraction: float, message: str = "") -> None:
         """Forward progress to the callback, if any."""
