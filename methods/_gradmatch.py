@@ -43,7 +43,7 @@ Deviations from the reference code, all deliberate:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ from distillbench.harness.networks import resolve_network
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import Context, DataBundle, DistilledSet
 from distillbench.methods._loop import LossTracker
-from distillbench.methods.random import random_per_class, short_classes
+from distillbench.methods._synthetic import init_synthetic
 
 if TYPE_CHECKING:
     from distillbench.methods.dc import DCParams
@@ -469,22 +469,14 @@ def run_gradient_matching(
     x_train = data.train.x.to(device=device, dtype=torch.float32)
     outer_loop, inner_loop, schedule = resolve_loops(ipc, p.outer_loop, p.inner_loop)
 
-    meta: dict[str, Any] = {
-        "init": p.init,
+    syn, meta = init_synthetic(data, ipc, p.init, gen, method, x_train=x_train)
+    meta |= {
         "dsa_strategy": strategy,
         "outer_loop": outer_loop,
         "inner_loop": inner_loop,
         "schedule": schedule,
         "dis_metric": p.dis_metric,
     }
-    if p.init == "real":
-        init_idx = random_per_class(data, ipc, gen, method, short="repeat")
-        syn = x_train[init_idx.to(device)].clone()
-        meta["init_indices"] = init_idx.tolist()
-        if short := short_classes(data, ipc):
-            meta["short_classes"] = short  # filled up by repeating real images
-    else:
-        syn = torch.randn((num_classes * ipc, *info.shape), generator=gen, device=gen.device).to(device)
     syn.requires_grad_(True)
     labels = torch.arange(num_classes, device=device).repeat_interleave(ipc)
     opt_img = torch.optim.SGD([syn], lr=p.lr_img, momentum=p.momentum)

@@ -46,8 +46,8 @@ from distillbench.harness.plugins import register_method
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
 from distillbench.methods._loop import LossTracker
+from distillbench.methods._synthetic import init_synthetic
 from distillbench.methods.base import DistillationMethod
-from distillbench.methods.random import random_per_class, short_classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,15 +115,8 @@ class DistributionMatching(DistillationMethod):
         weights = _check_weights(ctx.weights, len(data.train), device)
         x_train = data.train.x.to(device=device, dtype=torch.float32)
 
-        meta: dict[str, Any] = {"init": p.init, "dsa_strategy": self.strategy(info)}
-        if p.init == "real":
-            init_idx = random_per_class(data, ipc, gen, self.name, short="repeat")
-            syn = x_train[init_idx.to(device)].clone()
-            meta["init_indices"] = init_idx.tolist()
-            if short := short_classes(data, ipc):
-                meta["short_classes"] = short  # filled up by repeating real images
-        else:
-            syn = torch.randn((num_classes * ipc, *info.shape), generator=gen, device=gen.device).to(device)
+        syn, meta = init_synthetic(data, ipc, p.init, gen, self.name, x_train=x_train)
+        meta["dsa_strategy"] = self.strategy(info)
         syn.requires_grad_(True)
         opt = torch.optim.SGD([syn], lr=p.lr_img, momentum=p.momentum)
         aug = DSA(self.strategy(info))
