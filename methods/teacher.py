@@ -15,6 +15,9 @@ from the 10k-image development copy). Each key is trained once:
   are written to temporary files and renamed into place, under a file lock (``<key>.lock``), so
   concurrent Ray workers wait for the first one instead of training it again.
 
+The key, the data fingerprint, the lock and the sidecar-last writes are the rules of every cached
+artefact, stated once in :mod:`distillbench.harness.artefacts`.
+
 ``cache_dir`` is ``<results>/teachers`` when the runner knows a (local) results directory
 (``Context.cache_dir``), else ``$DISTILLBENCH_CACHE/teachers`` or ``~/.cache/distillbench/teachers``.
 
@@ -31,10 +34,8 @@ corrects). Its accuracy on the balanced validation split is recorded.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillbench.harness.artefacts import (
+    CACHE_ENV,  # noqa: F401 - re-exported: the teacher cache honours the same variable
+    DEFAULT_CACHE,  # noqa: F401
+    cache_root,
+    content_id,
+    data_fingerprint,
+    exclusive,
+    write_json,
+)
 from distillbench.harness.errors import DataError
 from distillbench.harness.store import atomic_write
 from distillbench.harness.types import DataBundle, DatasetInfo
@@ -53,8 +63,6 @@ DEFAULT_TEACHER_EPOCHS = 20
 # SGD steps in 20 epochs; measured on digits[imbalance=10], such a teacher reached 77% validation
 # accuracy, below a model trained on 10 random real images per class. At least this many steps:
 DEFAULT_MIN_STEPS = 1000
-CACHE_ENV = "DISTILLBENCH_CACHE"
-DEFAULT_CACHE = "~/.cache/distillbench"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,24 +157,12 @@ _MEMO: dict[str, Teacher] = {}
 
 def default_cache_dir() -> Path:
     """``$DISTILLBENCH_CACHE/teachers`` or ``~/.cache/distillbench/teachers``."""
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / "teachers"
-
-
-def data_fingerprint(data: DataBundle) -> str:
-    """A short hash of the training tensors (samples and labels)."""
-    digest = hashlib.sha256()
-    for t in (data.train.x, data.train.y):
-        t = t.detach().cpu().contiguous()
-        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return cache_root() / "teachers"
 
 
 def teacher_key(data: DataBundle, recipe: TeacherRecipe) -> str:
     """The cache key of the teacher for ``data`` trained with ``recipe``."""
-    doc = {"dataset": data.info.name, "data": data_fingerprint(data), "recipe": dataclasses.asdict(recipe)}
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return content_id({"dataset": data.info.name, "data": data_fingerprint(data), "recipe": dataclasses.asdict(recipe)})
 
 
 def get_teacher(
@@ -194,11 +190,9 @@ def get_teacher(
     memo_key = str(path)
     if memo_key in _MEMO:
         return _MEMO[memo_key]
-    from filelock import FileLock
-
     cache_dir.mkdir(parents=True, exist_ok=True)
     # One trainer per key across processes: the others wait here, then find the finished files.
-    with FileLock(str(path.with_suffix(".lock"))):
+    with exclusive(cache_dir, key):
         if path.is_file() and path.with_suffix(".json").is_file():
             teacher = load_teacher(path, data.info)
         else:
@@ -284,7 +278,7 @@ def _train_and_save(data: DataBundle, recipe: TeacherRecipe, key: str, path: Pat
     }
     atomic_write(path, lambda tmp: save_file(state, tmp))
     # The JSON goes last: a teacher counts as cached only when both files are complete.
-    atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+    write_json(path.with_suffix(".json"), sidecar)
     return Teacher(model, key, path, recipe, data.info.name, counts, val_acc)
 
 
