@@ -4,6 +4,17 @@ A configured plugin is written ``dm[lr_img=1.0,iterations=200]`` in grids and on
 Values may themselves be specs (``dm[net=convnet[depth=2]]``): brackets nest. Each plugin declares
 its parameters as a frozen dataclass; :func:`build_params` checks keys and converts values to the
 declared types, so ``iterations=2e3`` or ``unknown=1`` are errors, not silent surprises.
+
+Two declarations on a parameter dataclass shape identity and validation:
+
+* A field added after a release carries ``metadata={"since": "<version>"}`` (it must have a default).
+  :func:`params_to_dict`, which trial ids, distill ids and rows are built from, leaves such a field
+  out while it holds its default, so adding an option never changes the id of a configuration that
+  does not use it (results already on disk are still found and not re-run). A non-default value is
+  included, so configurations that use the option get ids of their own.
+* ``refused_params: ClassVar[dict[str, str]]`` names keys the plugin deliberately does not take,
+  each with the message to show (``{owner}`` is replaced by e.g. ``dataset 'sst2'``); without it an
+  unknown key gets the generic "unknown parameter" message.
 """
 
 from __future__ import annotations
@@ -172,7 +183,10 @@ def build_params(cls: type, raw: Mapping[str, Any], *, owner: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
+    refused: Mapping[str, str] = getattr(cls, "refused_params", {})
     for key, value in raw.items():
+        if key not in fields and key in refused:
+            raise ConfigError(refused[key].format(owner=owner))
         if key not in fields:
             valid = ", ".join(sorted(fields)) or "(none)"
             raise ConfigError(f"unknown parameter {key!r} for {owner}; valid parameters: {valid}")
@@ -188,11 +202,30 @@ def build_params(cls: type, raw: Mapping[str, Any], *, owner: str) -> Any:
     return params
 
 
+SINCE = "since"
+"""Field metadata key marking a parameter added after a release (see the module docstring)."""
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
 def params_to_dict(params: Any) -> dict[str, Any]:
-    """All fields of a parameter dataclass as plain JSON-able values (tuples become lists)."""
+    """The fields of a parameter dataclass as plain JSON-able values (tuples become lists).
+
+    This is the identity of a configuration (trial and distill ids hash it), so a field declared
+    with ``metadata={"since": ...}`` is left out while it holds its default: the ids of
+    configurations that do not use a later option stay what they were before it existed.
+    """
     out: dict[str, Any] = {}
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
+        if SINCE in f.metadata and value == _default(f):
+            continue
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 
