@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distillbench.datasets._zca import zca_field
 from distillbench.harness.types import DataBundle, DatasetInfo, Split
 
 SPLIT_SEED = 0
@@ -44,11 +45,12 @@ VAL_CAP = 5000
 
 @dataclasses.dataclass(frozen=True)
 class LongTailParams:
-    """Options of an image classification dataset."""
+    """Options of an image classification dataset (``zca`` is applied by ``datasets/base.py``'s hook)."""
 
     imbalance: float = dataclasses.field(
         default=1.0, metadata={"help": "n_max/n_min of an exponential long-tailed train split; 1 = as is"}
     )
+    zca: bool = zca_field()
 
     def __post_init__(self) -> None:
         if not self.imbalance >= 1.0 or math.isinf(self.imbalance):

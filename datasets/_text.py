@@ -37,7 +37,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -76,6 +76,9 @@ class TextDatasetInfo(DatasetInfo):
 @dataclasses.dataclass(frozen=True)
 class TextParams:
     """Options of a text dataset (vocabulary, sequence length, word vectors, long tail)."""
+
+    # Image-only options that users carry over from image grids get a message saying why, not "unknown".
+    refused_params: ClassVar[dict[str, str]] = {"zca": "zca=true whitens images; {owner} is text: remove zca"}
 
     vocab_size: int = dataclasses.field(
         default=5000, metadata={"help": "vocabulary size including <pad> and <unk> (paper ntoken 5000)"}

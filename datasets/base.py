@@ -7,19 +7,66 @@ A dataset family is one file in ``datasets/`` holding one class decorated with
 Class attributes:
     Params: frozen dataclass of the dataset's options (e.g. ``imbalance``).
     test_config: options that make the dataset small and fast for conformance tests.
+
+Options shared by every image dataset are implemented here once, not per dataset. ``zca=true``
+(a field of the dataset's ``Params``, declared with :func:`~distillbench.datasets._zca.zca_field`)
+works through a hook: :class:`Dataset` wraps the ``info`` and ``load`` that each subclass defines,
+so ``info()`` reports ``zca=True`` (the display name, built by ``format_spec`` from the params,
+already reads ``digits[zca=true]``) and ``load()`` whitens the bundle the subclass returns, with a
+fit on its train split (see ``datasets/_zca.py``). A subclass therefore keeps returning ordinary
+normalised tensors and needs no ZCA code; a dataset whose ``Params`` have no ``zca`` field is
+untouched. A bundle whose ``meta`` already records ``"zca"`` is not whitened twice.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from distillbench.harness.errors import DataError
+from distillbench.harness.errors import ConfigError, DataError
 from distillbench.harness.params import NoParams
 from distillbench.harness.types import DataBundle, DatasetInfo
+
+
+def _wants_zca(dataset: Dataset) -> bool:
+    return bool(getattr(dataset.params, "zca", False))
+
+
+def _info_with_zca(info: Callable[..., DatasetInfo]) -> Callable[..., DatasetInfo]:
+    """Wrap a subclass's ``info`` so that ``zca=true`` is reported (and refused on non-image data)."""
+
+    @functools.wraps(info)
+    def wrapper(self: Dataset, *args: Any, **kwargs: Any) -> DatasetInfo:
+        facts = info(self, *args, **kwargs)
+        if not _wants_zca(self):
+            return facts
+        if facts.modality != "image":
+            # Validation calls info(), so this stops a grid before anything runs.
+            raise ConfigError(f"zca=true whitens images; dataset {self.name!r} is {facts.modality}: remove zca")
+        return dataclasses.replace(facts, zca=True)
+
+    return wrapper
+
+
+def _load_with_zca(load: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
+    """Wrap a subclass's ``load`` so that ``zca=true`` whitens the bundle it returns."""
+
+    @functools.wraps(load)
+    def wrapper(self: Dataset, *args: Any, **kwargs: Any) -> DataBundle:
+        bundle = load(self, *args, **kwargs)
+        if not _wants_zca(self) or "zca" in bundle.meta:
+            return bundle
+        from distillbench.datasets._zca import whiten_bundle
+
+        return whiten_bundle(bundle)
+
+    return wrapper
 
 
 class Dataset(abc.ABC):
@@ -31,6 +78,15 @@ class Dataset(abc.ABC):
 
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Only the methods a class defines itself are wrapped: inherited ones are wrapped already.
+        own = cls.__dict__
+        if "info" in own:
+            cls.info = _info_with_zca(own["info"])  # type: ignore[method-assign]
+        if "load" in own:
+            cls.load = _load_with_zca(own["load"])  # type: ignore[method-assign]
 
     @abc.abstractmethod
     def info(self) -> DatasetInfo:

@@ -35,6 +35,7 @@ import numpy as np
 from distillbench.datasets._biased import bias_meta, with_groups
 from distillbench.datasets._files import normalise_images
 from distillbench.datasets._longtail import torch_labels
+from distillbench.datasets._zca import zca_field
 from distillbench.datasets.base import Dataset
 from distillbench.harness.errors import DataError
 from distillbench.harness.params import format_spec
@@ -56,6 +57,7 @@ class BFFHQParams:
     pct: str = dataclasses.field(
         default="0.5pct", metadata={"help": "training folder under bffhq/ (the release has 0.5pct)"}
     )
+    zca: bool = zca_field()
 
     def __post_init__(self) -> None:
         if not 4 <= self.size <= 1024:

@@ -55,7 +55,7 @@ def _load_cached(imbalance: float) -> DataBundle:
         xs = torch.from_numpy((x[ids] - mean) / std).unsqueeze(1).contiguous()
         return Split(xs, torch.from_numpy(y[ids]).contiguous())
 
-    info = _info(imbalance, (mean,), (std,))
+    info = _info(DigitsParams(imbalance=imbalance), (mean,), (std,))
     meta = {
         "split_seed": SPLIT_SEED,
         "imbalance": imbalance,
@@ -65,9 +65,9 @@ def _load_cached(imbalance: float) -> DataBundle:
     return DataBundle(info, split(train), split(val), split(test), meta=meta)
 
 
-def _info(imbalance: float, mean: tuple[float, ...] = (), std: tuple[float, ...] = ()) -> DatasetInfo:
+def _info(params: LongTailParams, mean: tuple[float, ...] = (), std: tuple[float, ...] = ()) -> DatasetInfo:
     return DatasetInfo(
-        name=format_spec("digits", DigitsParams(imbalance=imbalance)),
+        name=format_spec("digits", params),
         modality="image",
         num_classes=10,
         shape=(1, 8, 8),
@@ -87,16 +87,18 @@ class Digits(Dataset):
     Params = DigitsParams
 
     def info(self) -> DatasetInfo:
-        return _info(self.params.imbalance)
+        return _info(self.params)
 
     def load(self, root: Path) -> DataBundle:
         try:
             bundle = _load_cached(float(self.params.imbalance))
         except ImportError as exc:  # pragma: no cover - scikit-learn is a dependency
             raise ConfigError(f"dataset 'digits' needs scikit-learn: {exc}") from None
-        # Callers get their own Split objects so an in-place edit cannot leak into the cache.
+        # Callers get their own Split objects so an in-place edit cannot leak into the cache. The cache
+        # is keyed by imbalance alone, so the name (which carries every option, e.g. zca) is set here.
         return dataclasses.replace(
             bundle,
+            info=dataclasses.replace(bundle.info, name=self.info().name),
             train=dataclasses.replace(bundle.train),
             val=dataclasses.replace(bundle.val),
             test=dataclasses.replace(bundle.test),

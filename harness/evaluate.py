@@ -49,8 +49,10 @@ from torch import nn
 from distillbench.harness import compiled, microbatch
 from distillbench.harness.augment import DSA
 from distillbench.harness.batched import maybe_train_batched
+from distillbench.harness.errors import ConfigError, IncompatibleError
 from distillbench.harness.metrics import BIAS_COLUMNS, bias_metrics, has_bias_groups, is_long_tailed, shot_metrics
 from distillbench.harness.networks import build_network
+from distillbench.harness.params import parse_spec
 from distillbench.harness.protocols import EvalProtocol, replays_set
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import DataBundle, DatasetInfo, DistilledSet, Split
@@ -102,6 +104,45 @@ class EvalResult:
         return statistics.fmean(self.val_acc_per_model)
 
 
+class ZCAMismatchError(IncompatibleError, ValueError):
+    """A set distilled in ZCA-whitened space evaluated on plain data, or the reverse.
+
+    A ``ValueError`` like the other input checks, and a user error, so the CLI prints one line.
+    """
+
+
+def _with_zca(name: str, zca: bool) -> str:
+    """``name`` (a display spec such as ``digits[imbalance=10.0]``) with ``zca=true`` added or removed."""
+    try:
+        base, raw = parse_spec(name)
+    except ConfigError:
+        return f"{name} {'with' if zca else 'without'} zca=true"
+    raw.pop("zca", None)
+    if zca:
+        raw["zca"] = "true"
+    return f"{base}[{','.join(f'{k}={v}' for k, v in sorted(raw.items()))}]" if raw else base
+
+
+def _check_space(dset: DistilledSet, info: DatasetInfo) -> None:
+    """Refuse a set whose space (ZCA-whitened or not) differs from the data's.
+
+    Sets saved before ``zca`` existed carry no ``meta["zca"]``; they were never whitened, so a
+    missing key means False.
+    """
+    set_zca, data_zca = bool(dset.meta.get("zca", False)), bool(getattr(info, "zca", False))
+    if set_zca == data_zca:
+        return
+    if set_zca:
+        raise ZCAMismatchError(
+            f"the distilled set is ZCA-whitened (distilled on a zca=true dataset) but dataset {info.name!r} is "
+            f"not, so its accuracy would be meaningless; evaluate it on {_with_zca(info.name, True)!r}"
+        )
+    raise ZCAMismatchError(
+        f"the distilled set is in plain pixel space (distilled without zca) but dataset {info.name!r} is "
+        f"ZCA-whitened, so its accuracy would be meaningless; evaluate it on {_with_zca(info.name, False)!r}"
+    )
+
+
 def _check_inputs(protocol: EvalProtocol, dset: DistilledSet, info: DatasetInfo) -> None:
     """Raise ``ValueError`` if the set cannot be evaluated under ``protocol`` on ``info``'s data."""
     if protocol.augment not in AUGMENTATIONS:
@@ -123,6 +164,7 @@ def _check_inputs(protocol: EvalProtocol, dset: DistilledSet, info: DatasetInfo)
             f"distilled set samples have shape {sample_shape} (x is {tuple(dset.x.shape)}), but dataset "
             f"{info.name!r} has samples of shape {tuple(info.shape)}; x must be [n, *{tuple(info.shape)}]"
         )
+    _check_space(dset, info)
     n = dset.x.shape[0]
     if n == 0:
         raise ValueError("the distilled set is empty; nothing to train on")
@@ -346,6 +388,8 @@ def evaluate(
     Raises:
         ValueError: if the set's sample shape differs from ``data.info.shape``, its labels do not match
             the number of classes, or the protocol is malformed.
+        ZCAMismatchError: (a ``ValueError``) the set was distilled in ZCA-whitened space and the data
+            is not, or the reverse (``dset.meta["zca"]`` against ``data.info.zca``; missing = False).
 
     Example:
         >>> from dataclasses import replace
