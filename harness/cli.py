@@ -158,6 +158,21 @@ examples:
     )
     show.add_argument("set_file", help="a .safetensors file of a text dataset, written by distill --out or by a run")
     show.add_argument("--data-root", help="dataset root")
+    buffers = command(
+        "buffers",
+        "List cached expert trajectories (trajectory matching), or build one ahead of a grid.",
+        "distillbench buffers build --dataset cifar10 --method mtt --results results/mtt --device cuda",
+    )
+    buffers.add_argument("action", nargs="?", choices=["list", "build"], default="list", help="list (default) or build")
+    buffers.add_argument(
+        "--results",
+        help="results directory or URI whose buffers/ folder is used (default: $DISTILLBENCH_CACHE/buffers or "
+        "~/.cache/distillbench/buffers, where trials without a results directory keep theirs)",
+    )
+    buffers.add_argument("--dataset", help="build: dataset spec, e.g. cifar10 or 'cifar10[zca=true]'")
+    buffers.add_argument("--method", help="build: a trajectory-matching method spec, e.g. mtt or 'ftd[num_experts=20]'")
+    buffers.add_argument("--data-root", help="build: dataset root")
+    buffers.add_argument("--device", help="build: where experts train (default: the first CUDA device, else cpu)")
     return parser
 
 
@@ -507,6 +522,86 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def cmd_buffers(args: argparse.Namespace) -> int:
+    from distillbench.methods import _experts
+
+    if args.action == "build":
+        return _build_buffer(args)
+    for flag in ("dataset", "method", "data_root", "device"):
+        if getattr(args, flag) is not None:
+            raise DistillBenchError(f"--{flag.replace('_', '-')} applies to 'buffers build' only")
+    where = _experts.buffers_location(args.results)
+    entries = _experts.list_buffers(args.results)
+    if not entries:
+        print(f"no expert buffers under {where}")
+        return 0
+    print(f"expert buffers under {where}")
+    print(f"{'id':16}  {'dataset':24} {'net':24} {'experts x epochs':>16} {'opt':4} {'MB':>9} {'age':>5}  status")
+    for e in entries:
+        shape = f"{e['num_experts'] or '?'} x {e['epochs'] or '?'}"
+        status = "built" if e["status"] == "built" else f"partial ({e['experts_written']}/{e['num_experts'] or '?'})"
+        print(
+            f"{e['id']:16}  {str(e['dataset'] or '?'):24} {str(e['net'] or '?'):24} {shape:>16} "
+            f"{e['optimizer'] or '?':4} {e['size_bytes'] / 1e6:9.1f} {_age(e['age_s']):>5}  {status}"
+        )
+    return 0
+
+
+def _build_buffer(args: argparse.Namespace) -> int:
+    import torch
+
+    from distillbench.harness import store
+    from distillbench.harness.plugins import DATASETS, METHODS
+    from distillbench.harness.runner import pick_device
+    from distillbench.methods import _experts
+
+    if not args.dataset or not args.method:
+        raise DistillBenchError("'buffers build' needs --dataset and --method, e.g. --dataset cifar10 --method mtt")
+    method_cfg = METHODS.resolve(args.method)
+    dataset_cfg = DATASETS.resolve(args.dataset)
+    method = method_cfg.obj(method_cfg.params)
+    if not callable(getattr(method, "expert_recipe", None)):
+        raise DistillBenchError(
+            f"method {method_cfg.display!r} trains on no expert trajectories (it has no expert_recipe); buffers are "
+            "built for trajectory-matching methods such as mtt, ftd and datm"
+        )
+    try:
+        device = pick_device(args.device)
+    except RuntimeError:
+        raise DistillBenchError(f"--device {args.device!r} is not a torch device; use cpu, cuda or cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DistillBenchError(f"--device {args.device!r}: CUDA is not available here; use --device cpu")
+    results = store.check_results_dir(args.results) if args.results else None
+    dataset = dataset_cfg.obj(dataset_cfg.params)
+    root = _data_root(args.data_root)
+    dataset.prepare(root, download=False)
+    data = dataset.load(root)
+    recipe = method.expert_recipe(data.info)
+    tty = sys.stderr.isatty()
+
+    def progress(fraction: float, message: str) -> None:
+        print(f"\r\033[K{100 * fraction:5.1f}% {message}", end="", file=sys.stderr, flush=True)
+
+    buffer = _experts.get_buffer(data, recipe, results=results, device=device, progress=progress if tty else None)
+    if tty:
+        print("\r\033[K", end="", file=sys.stderr)
+    state = f"built in {buffer.build_seconds:.1f} s" if buffer.build_seconds > 0 else "already built"
+    print(
+        f"buffer {buffer.id} ({data.info.name}, {recipe.net}, {buffer.num_experts} experts x {buffer.epochs} epochs, "
+        f"{recipe.optimizer}): {state}; {buffer.location}"
+    )
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "ls": cmd_ls,
@@ -517,6 +612,7 @@ COMMANDS = {
     "data": cmd_data,
     "status": cmd_status,
     "show": cmd_show,
+    "buffers": cmd_buffers,
 }
 
 
