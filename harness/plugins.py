@@ -58,6 +58,10 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
         "kcenter": "distillbench.methods.kcenter:KCenter",
         "sre2l": "distillbench.methods.sre2l:SRe2L",
         "full": "distillbench.methods.full:FullData",
+        "mtt": "distillbench.methods.mtt:MatchingTrainingTrajectories",
+        "ftd": "distillbench.methods.ftd:FlatTrajectoryDistillation",
+        "datm": "distillbench.methods.datm:DifficultyAlignedTrajectoryMatching",
+        "rded": "distillbench.methods.rded:RDED",
     },
     DATASETS: {
         "digits": "distillbench.datasets.digits:Digits",

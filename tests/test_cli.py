@@ -44,7 +44,7 @@ BAD_GRIDS = [
     (
         "unknown method",
         with_grid(method=["dn"]),
-        "unknown method 'dn'. Did you mean: dm, dd, dc? Available: dc, dd, dm, dsa, ",
+        "unknown method 'dn'. Did you mean: dm, dd, dc? Available: datm, dc, dd, dm, dsa, ",
     ),
     ("unknown dataset", with_grid(dataset=["digitz"]), "unknown dataset 'digitz'. Did you mean: digits?"),
     ("unknown network", with_grid(method=["dm[net=convnett]"]), "unknown network 'convnett'. Did you mean: convnet?"),
@@ -58,6 +58,13 @@ BAD_GRIDS = [
     ("ipc below 1", with_grid(ipc=[0]), "ipc must be at least 1 (samples per class), got 0"),
     ("empty grid", {"name": "g", "protocol": "quick-v1"}, "grid is empty"),
     ("network too deep", with_grid(method=["dm[net=convnet[depth=6]]"]), "convnet depth 6 is too deep for 8x8"),
+    (
+        "trajectory segment beyond the buffer",
+        with_grid(method=["mtt[max_start_epoch=48,expert_epochs=3]"]),
+        "max_start_epoch + expert_epochs = 48 + 3 = 51 goes beyond the buffer's train_epochs=50",
+    ),
+    ("no student steps", with_grid(method=["mtt[syn_steps=0]"]), "syn_steps must be at least 1, got 0"),
+    ("datm window upside down", with_grid(method=["datm[min_start_epoch=30]"]), "min_start_epoch must be in [0, "),
     (
         "incompatible weighting",
         with_grid(method=["herding"], weighting=["uniformtest"]),
@@ -148,9 +155,23 @@ class TestCommands:
 
     def test_ls_and_pattern(self, capsys):
         """ls lists names naturally sorted and filters with a wildcard."""
-        methods = ["dc", "dd", "dm", "dsa", "full", "herding", "kcenter", "random", "sre2l"]
+        methods = [
+            "datm",
+            "dc",
+            "dd",
+            "dm",
+            "dsa",
+            "ftd",
+            "full",
+            "herding",
+            "kcenter",
+            "mtt",
+            "random",
+            "rded",
+            "sre2l",
+        ]
         assert run_cli(capsys, "ls", "methods")[1].split() == methods
-        assert run_cli(capsys, "ls", "methods", "d*")[1].split() == ["dc", "dd", "dm", "dsa"]
+        assert run_cli(capsys, "ls", "methods", "d*")[1].split() == ["datm", "dc", "dd", "dm", "dsa"]
         listed = run_cli(capsys, "ls", "protocols")[1].split()
         # tests/conftest.py registers "tiny-test" for the whole session; the rest are the built-ins
         assert [p for p in listed if p != "tiny-test"] == [
