@@ -549,6 +549,8 @@ def cmd_buffers(args: argparse.Namespace) -> int:
     for e in entries:
         shape = f"{e['num_experts'] or '?'} x {e['epochs'] or '?'}"
         status = "built" if e["status"] == "built" else f"partial ({e['experts_written']}/{e['num_experts'] or '?'})"
+        if e["claimed_by"]:
+            status += f", building on {e['claimed_by']}"
         print(
             f"{e['id']:16}  {str(e['dataset'] or '?'):24} {str(e['net'] or '?'):24} {shape:>16} "
             f"{e['optimizer'] or '?':4} {e['size_bytes'] / 1e6:9.1f} {_age(e['age_s']):>5}  {status}"

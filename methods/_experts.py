@@ -52,7 +52,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillbench.harness.artefacts import cache_root, content_id, data_fingerprint, exclusive, read_json, write_json
+from distillbench.harness.artefacts import (
+    cache_root,
+    claim_holder,
+    content_id,
+    data_fingerprint,
+    exclusive,
+    read_json,
+    write_json,
+)
 from distillbench.harness.errors import ConfigError, DataError, DivergedError
 from distillbench.harness.store import Location, location
 from distillbench.harness.types import DataBundle, DatasetInfo
@@ -390,7 +398,8 @@ def list_buffers(results: str | Path | Location | None = None) -> list[dict[str,
 
     Each entry: ``id``, ``status`` (``built`` or ``partial``), ``uri``, ``dataset``, ``net``,
     ``num_experts``, ``epochs``, ``experts_written``, ``optimizer`` (``sgd`` or ``flat``), ``size_bytes``,
-    ``created`` (Unix time of the sidecar, or of the newest file of a partial buffer) and ``age_s``.
+    ``created`` (Unix time of the sidecar, or of the newest file of a partial buffer), ``age_s`` and
+    ``claimed_by`` (object stores: ``host:pid`` of the process whose build claim is on a partial buffer).
     Fields a partial buffer cannot tell are ``None``.
     """
     import pyarrow.fs as pafs
@@ -427,9 +436,15 @@ def list_buffers(results: str | Path | Location | None = None) -> list[dict[str,
                 "size_bytes": int(sum(f.size or 0 for f in files)),
                 "created": created,
                 "age_s": None if created is None else max(0.0, time.time() - created),
+                "claimed_by": _claimed_by(root, info.base_name) if meta is None else None,
             }
         )
     return entries
+
+
+def _claimed_by(root: Location, bid: str) -> str | None:
+    holder = claim_holder(root, bid)
+    return None if holder is None else f"{holder.get('host')}:{holder.get('pid')}"
 
 
 # ------------------------------------------------------------------------------------------ building

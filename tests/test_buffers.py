@@ -327,6 +327,7 @@ class TestProcesses:
         [partial] = list_buffers(results)
         assert partial["status"] == "partial" and partial["experts_written"] == 1
         assert (partial["dataset"], partial["num_experts"], partial["optimizer"]) == ("digits", 2, "sgd")
+        assert partial["claimed_by"] is None, "local builds hold a file lock, not a claim"
         assert main(["buffers", "--results", str(results)]) == 0
         assert "partial (1/2)" in capsys.readouterr().out
 
@@ -494,6 +495,8 @@ class TestObjectStore:
         bid = buffer_id(digits, TINY)
         claim = {"owner": "x", "host": "another-node", "pid": 1, "time": time.time()}
         artefacts.write_json(location(s3_results) / "buffers" / bid / "claim.json", claim)
+        [entry] = list_buffers(s3_results)
+        assert entry["status"] == "partial" and entry["claimed_by"] == "another-node:1"
         messages: list[str] = []
         start = time.monotonic()
         buffer = get_buffer(digits, TINY, results=s3_results, progress=lambda f, m: messages.append(m))
