@@ -66,6 +66,12 @@ BAD_GRIDS = [
     ("no student steps", with_grid(method=["mtt[syn_steps=0]"]), "syn_steps must be at least 1, got 0"),
     ("datm window upside down", with_grid(method=["datm[min_start_epoch=30]"]), "min_start_epoch must be in [0, "),
     (
+        "rded observer too deep",
+        with_grid(method=["rded[teacher_net=convnet[depth=5]]"]),
+        "method 'rded': observer teacher_net='convnet[depth=5]': convnet depth 5 is too deep for 8x8",
+    ),
+    ("zca on text", with_grid(dataset=["sst2[zca=true]"]), "zca=true whitens images; dataset 'sst2' is text"),
+    (
         "incompatible weighting",
         with_grid(method=["herding"], weighting=["uniformtest"]),
         "weighting 'uniformtest' cannot be combined with method 'herding'",
