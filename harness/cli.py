@@ -74,6 +74,11 @@ examples:
         "--results", help="results directory or URI such as s3://bucket/prefix (default: results/<grid name>)"
     )
     run.add_argument(
+        "--artefacts",
+        help="folder or URI for cached artefacts shared by grids: expert buffers, teachers (default: grid "
+        "artefacts, else the results directory)",
+    )
+    run.add_argument(
         "--data-root", help="dataset root (default: grid data_root, $DISTILLBENCH_DATA, ~/.cache/distillbench)"
     )
     run.add_argument(
@@ -189,6 +194,17 @@ def _data_root(arg: str | None, grid_root: str | None = None, *, base: Path | No
     return default_data_root().resolve()
 
 
+def _artefacts(value: str | None, *, base: Path) -> Path | str | None:
+    """The shared artefact location of a run: a URI as it is, a local folder (relative to ``base``) checked."""
+    from distillbench.harness import store
+
+    if not value:
+        return None
+    if "://" not in value:
+        value = str(base / Path(value).expanduser())  # an absolute path stays absolute
+    return store.check_results_dir(value)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from distillbench.harness import store
     from distillbench.harness.spec import load_grid_file, trial_table
@@ -196,6 +212,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     grid = load_grid_file(args.grid)
     results = store.check_results_dir(args.results if args.results else Path("results") / grid.name)
     data_root = _data_root(args.data_root, grid.data_root, base=Path(args.grid).resolve().parent)
+    # --artefacts is relative to where the command runs, a grid's artefacts to the grid file (as data_root).
+    artefacts = (
+        _artefacts(args.artefacts, base=Path.cwd())
+        if args.artefacts
+        else _artefacts(grid.artefacts, base=Path(args.grid).resolve().parent)
+    )
     done = store.existing_trial_ids(results, status=("ok", "diverged"))
     pending = [t for t in grid.trials if t.trial_id not in done]
     if args.dry_run:
@@ -209,7 +231,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"  {row['trial_id']}  {state:7}  {row['dataset']}  {row['method']}  ipc={row['ipc']}  "
                 f"seed={row['seed']}  weighting={row['weighting']}  labels={row['labels']}  {row['protocol']}"
             )
-        print(f"results would go to {store.location(results)}; nothing was run or written (--dry-run)")
+        shared = f"; cached artefacts (expert buffers, teachers) in {store.location(artefacts)}" if artefacts else ""
+        print(f"results would go to {store.location(results)}{shared}; nothing was run or written (--dry-run)")
         return 0
     from distillbench.harness.scheduler import run_grid
 
@@ -226,6 +249,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resources=grid.resources,
         retries=grid.retries,
         download=grid.download,
+        artefacts=artefacts,
         address=args.address,
         plugins=grid.plugins + tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in args.plugin),
     )

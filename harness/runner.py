@@ -313,6 +313,7 @@ def run_trial(
     reuse_sets: bool = True,
     set_path: Path | None = None,
     progress: Callable[[float, str], None] | None = None,
+    artefacts: Path | str | None = None,
 ) -> list[dict[str, Any]]:
     """Distil and evaluate one trial; return its result rows (never raises for a failing trial).
 
@@ -327,6 +328,9 @@ def run_trial(
         reuse_sets: load an existing set with the same ``distill_id`` instead of distilling again.
         set_path: also save the set at this path (``.safetensors``, with ``.json`` metadata beside it).
         progress: optional callback ``(fraction, message)``.
+        artefacts: where cached artefacts shared by trials live (``buffers/``, ``teachers/``); default
+            ``results`` (then the user cache without one). Several grids pointed at one folder or URI
+            reuse each other's expert buffers and teachers.
 
     Returns:
         One row per evaluation network of the protocol (one row for most protocols; a failure
@@ -351,6 +355,7 @@ def run_trial(
         **provenance(),
     }
     peak_reset = _reset_peak_memory(device)
+    shared = artefacts if artefacts is not None else results
     try:
         resolved = spec.resolve()
         row.update(identity_columns(resolved))
@@ -373,9 +378,9 @@ def run_trial(
                 checkpoint=checkpoint,
                 device=device,
                 progress=progress,
-                cache_dir=_teacher_dir(results),
+                cache_dir=_teacher_dir(shared),
                 base=base,
-                results=results,
+                results=shared,
             )
             distill_seconds = time.perf_counter() - t0
             if results is not None:

@@ -71,6 +71,7 @@ def _trainable(config: dict[str, Any]) -> None:
         results=config["results"],
         data_root=Path(config["data_root"]),
         download=bool(config.get("download", False)),
+        artefacts=config.get("artefacts"),
     )
     status = "ok" if all(r["status"] == "ok" for r in rows) else next(r["status"] for r in rows if r["status"] != "ok")
     tune.report({"rows_json": store.rows_to_json(rows), "status": status})
@@ -242,6 +243,7 @@ def run_grid(
     resources: Mapping[str, Any] | None = None,
     retries: int = 0,
     download: bool = False,
+    artefacts: Path | str | None = None,
     address: str | None = None,
     ray_init: Mapping[str, Any] | None = None,
     show_progress: bool = True,
@@ -260,6 +262,8 @@ def run_grid(
             ``per_method: {method: {"cpu": n, "gpu": g}}`` overrides (see ``spec.trial_resources``).
         retries: Tune retries of a trial whose worker fails (trial errors are rows, not retried).
         download: let datasets download missing files.
+        artefacts: where cached artefacts shared by trials live (expert buffers, teachers), when not in
+            ``results``: a folder or URI that several grids share.
         address: join a running cluster (``auto`` or ``host:port``); default starts local Ray.
         ray_init: extra ``ray.init`` keyword arguments (tests pass a small object store).
         show_progress: print the status line.
@@ -314,6 +318,7 @@ def run_grid(
                 "results": where.uri,
                 "data_root": str(Path(data_root).expanduser().resolve()),
                 "download": download,
+                "artefacts": store.location(artefacts).uri if artefacts is not None else None,
                 "plugins": list(plugins),
             },
             tune_config=tune.TuneConfig(reuse_actors=True),

@@ -37,6 +37,7 @@ TOP_LEVEL_KEYS = (
     "description",
     "protocol",
     "data_root",
+    "artefacts",
     "download",
     "resources",
     "retries",
@@ -198,6 +199,9 @@ class Grid:
     retries: int = 0
     path: str | None = None
     plugins: tuple[str, ...] = ()
+    # Where cached artefacts shared by trials (expert buffers, teachers) live, when not beside the rows:
+    # a folder or URI several grids share, so a later grid reuses what an earlier one built.
+    artefacts: str | None = None
 
 
 def load_grid_file(path: str | Path) -> Grid:
@@ -296,6 +300,9 @@ def parse_grid(document: Any, *, default_name: str = "grid", path: str | None = 
     if not isinstance(download, bool):
         raise ConfigError(f"download must be true or false, got {download!r}")
     data_root = document.get("data_root")
+    artefacts = document.get("artefacts")
+    if artefacts is not None and (not isinstance(artefacts, str) or not artefacts.strip()):
+        raise ConfigError(f"artefacts must be a folder or a URI such as s3://bucket/cache, got {artefacts!r}")
     return Grid(
         name=name,
         trials=tuple(trials.values()),
@@ -305,6 +312,7 @@ def parse_grid(document: Any, *, default_name: str = "grid", path: str | None = 
         retries=retries,
         path=path,
         plugins=tuple(plugins),
+        artefacts=artefacts,
     )
 
 

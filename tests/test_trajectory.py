@@ -196,3 +196,47 @@ class TestBufferSharing:
         assert first["buffer_seconds"] > 0
         assert second["buffer_seconds"] == 0.0, "the second trial trained the experts again"
         assert (tmp_path / "buffers").is_dir()
+
+    def test_later_grid_reuses_buffers_through_a_shared_artefacts_folder(self, digits, tmp_path):
+        """Two results directories (two grids) sharing one artefacts folder train the experts once."""
+        from distillbench.harness.protocols import QUICK_V1
+        from distillbench.harness.runner import run_trial
+        from distillbench.harness.spec import TrialSpec
+
+        protocol = dataclasses.replace(QUICK_V1, name="traj-test", networks=("convnet[width=8]",), epochs=2, n_models=1)
+        spec = "mtt[" + ",".join(f"{k}={v}" for k, v in TINY_TRAJECTORY.items()) + "]"
+        shared = tmp_path / "cache"
+        with temp_plugin("protocols", "traj-test", protocol):
+            trial = TrialSpec("digits", spec, 1, seed=0, protocol="traj-test")
+            (first,) = run_trial(trial, results=tmp_path / "grid-a", artefacts=shared)
+            (second,) = run_trial(dataclasses.replace(trial, grid="b"), results=tmp_path / "grid-b", artefacts=shared)
+        assert first["buffer_seconds"] > 0 and second["buffer_seconds"] == 0.0
+        assert (shared / "buffers").is_dir() and not (tmp_path / "grid-a" / "buffers").exists()
+
+
+class TestGridArtefactsKey:
+    def test_grid_names_a_shared_artefacts_folder(self, tmp_path, capsys):
+        """`artefacts:` in a grid is accepted, resolved relative to the grid file, and shown by --dry-run."""
+        import yaml
+
+        from distillbench.harness.cli import main
+
+        grid = tmp_path / "g.yaml"
+        document = {"name": "g", "protocol": "quick-v1", "artefacts": "shared-cache"}
+        grid.write_text(yaml.safe_dump({**document, "grid": {"dataset": ["digits"], "method": ["random"], "ipc": [1]}}))
+        assert main(["run", str(grid), "--results", str(tmp_path / "r"), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert f"cached artefacts (expert buffers, teachers) in {tmp_path / 'shared-cache'}" in out
+
+    def test_bad_artefacts_value_is_one_line(self, tmp_path, capsys):
+        """A non-string artefacts value exits 2 with one line."""
+        import yaml
+
+        from distillbench.harness.cli import main
+
+        grid = tmp_path / "g.yaml"
+        body = {"dataset": ["digits"], "method": ["random"], "ipc": [1]}
+        grid.write_text(yaml.safe_dump({"name": "g", "protocol": "quick-v1", "artefacts": [1], "grid": body}))
+        assert main(["run", str(grid), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "artefacts must be a folder or a URI" in err and err.count("\n") == 1
