@@ -5,12 +5,14 @@ Layout: the "python version" archives as torchvision extracts them, ``ROOT/cifar
 ``ROOT/cifar-100-python/`` (``train``, ``test``, ``meta``; the 100 fine labels are used). The
 batches are pickled dicts, parsed here (``data``: uint8 ``[N, 3072]`` in channel-major order, and
 ``labels`` / ``fine_labels``), not through torchvision's classes, so loading does not import
-torchvision. Pickle can run code: only load files from the official archive or a source you trust
-(``distillbench data fetch`` verifies md5 sums).
+torchvision. Pickle can run code, so the batches are read by a restricted unpickler
+(:class:`_BatchUnpickler`) that builds only what the official files hold (dicts, lists, strings,
+numbers and numpy arrays) and refuses any other pickled object with a ``DataError`` naming the file.
 
 Download address (the archive) and md5 sums (archive and each extracted batch) are read at run time
 from ``torchvision.datasets.CIFAR10`` / ``CIFAR100`` (``url``, ``tgz_md5``, ``train_list``,
-``test_list``, ``meta``). Checksums are verified on download and by ``prepare(download=True)`` only.
+``test_list``, ``meta``). Checksums are verified on download and by
+``prepare(download=True)``; loading does not hash the files, hence the restricted unpickler.
 
 Normalisation: the DC repository's statistics (METHODS.md section 3). Splits: the official train
 and test splits; 5,000 stratified validation images carved from train (seed 0); ``imbalance=`` as
@@ -19,6 +21,7 @@ in ``_longtail`` (CIFAR-10-LT with ``n_max`` 4,500 because validation is carved 
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 from typing import Any, ClassVar
@@ -140,6 +143,70 @@ CIFAR100_CLASSES = (
 )
 
 
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` limited to ``'latin1'``, the only call pickle protocols <= 2 write (for ``bytes``)."""
+    # Any other codec name is refused without a lookup, which could import an ``encodings`` module.
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} (only 'latin1' is admitted)")
+    return codecs.encode(text, "latin1")
+
+
+def _numpy_core(module: str) -> Any:
+    """``numpy._core.<module>`` (numpy 2), or ``numpy.core.<module>`` on numpy 1.x."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"numpy._core.{module}")
+    except ImportError:
+        return importlib.import_module(f"numpy.core.{module}")
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The globals a CIFAR batch may name, mapped to the objects they resolve to.
+
+    The official batches (Python 2, protocol 2) name ``numpy.core.multiarray._reconstruct``,
+    ``numpy.ndarray`` and ``numpy.dtype``. Batches re-pickled by Python 3 also use
+    ``numpy._core.numeric._frombuffer`` (protocol 5), ``_codecs.encode`` (``bytes`` under protocol 2) and
+    ``builtins.bytearray``. All of these only build data; nothing here can import a module or run a command.
+    """
+    reconstruct = _numpy_core("multiarray")._reconstruct
+    frombuffer = _numpy_core("numeric")._frombuffer
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+        ("builtins", "bytearray"): bytearray,
+        ("__builtin__", "bytearray"): bytearray,
+    }
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{package}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global that :class:`_BatchUnpickler` does not admit; ``args[0]`` is its dotted name."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals of :func:`_allowed_globals`.
+
+    Every way a pickle can reach a callable (``GLOBAL``, ``STACK_GLOBAL``, ``INST``, ``OBJ``, extension
+    codes) goes through ``find_class``, so refusing there stops a planted file before anything runs.
+    Persistent ids are refused by the base class, which has no ``persistent_load``.
+    """
+
+    def __init__(self, fh: Any) -> None:
+        super().__init__(fh, encoding="latin1")  # the official batches are Python 2 pickles
+        self._allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+
 class _CIFAR(OfficialSplitImages):
     """Shared loader of the CIFAR archives; subclasses set the class attributes below.
 
@@ -238,10 +305,24 @@ class _CIFAR(OfficialSplitImages):
     def _read_batch(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             with open(path, "rb") as fh:
-                batch = pickle.load(fh, encoding="latin1")
+                batch = _BatchUnpickler(fh).load()
             data = np.asarray(batch["data"], dtype=np.uint8)
             labels = np.asarray(batch[self.label_key], dtype=np.int64)
-        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, IndexError) as exc:
+        except _RefusedGlobal as exc:
+            raise DataError(
+                f"dataset {self.name!r}: {path} contains a pickled object of type {exc.args[0]}; not a CIFAR batch: "
+                f"delete it and run `distillbench data fetch {self.name}`"
+            ) from None
+        except (
+            OSError,
+            EOFError,
+            pickle.UnpicklingError,
+            AttributeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            IndexError,
+        ) as exc:
             raise DataError(
                 f"dataset {self.name!r}: cannot read {path} as a CIFAR batch ({type(exc).__name__}: {exc}); "
                 "replace it with the file from the official archive"

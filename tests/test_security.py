@@ -1,0 +1,117 @@
+"""Hardening: planted data files, grid plugins, Ray's listening address, file modes and leaderboard escaping."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from distillbench.harness.errors import DataError
+
+from .test_datasets import dataset, labelled_images, write_cifar10_tree
+
+
+class _Planted:
+    """An object whose unpickling calls ``func(*args)``: what a planted batch file would hold."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _py2_str(raw: bytes) -> bytes:
+    """A Python 2 ``str`` as cPickle protocol 2 writes it (``SHORT_BINSTRING`` or ``BINSTRING``)."""
+    if len(raw) < 256:
+        return b"U" + bytes([len(raw)]) + raw
+    return b"T" + struct.pack("<I", len(raw)) + raw
+
+
+def _py2_int(value: int) -> bytes:
+    return b"K" + bytes([value]) if value < 256 else b"J" + struct.pack("<i", value)
+
+
+def py2_cifar_batch(images: np.ndarray, labels: np.ndarray, label_key: str) -> bytes:
+    """A batch in the byte layout of the official archives: a Python 2 numpy array pickled with protocol 2.
+
+    Written opcode by opcode because Python 3 pickles ``bytes`` and numpy arrays differently
+    (``_codecs.encode``, ``_frombuffer``); the official files name only ``_reconstruct``, ``ndarray`` and
+    ``dtype`` and hold the pixels and keys as Python 2 strings.
+    """
+    data = np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.uint8)
+    rows, cols = data.shape
+    out = b"\x80\x02}q\x00("
+    out += _py2_str(b"data")
+    out += b"cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85" + _py2_str(b"b") + b"\x87R("
+    out += b"K\x01" + _py2_int(rows) + _py2_int(cols) + b"\x86"
+    out += b"cnumpy\ndtype\nq\x03" + _py2_str(b"u1") + b"K\x00K\x01\x87R("
+    out += b"K\x03" + _py2_str(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    out += b"\x89" + _py2_str(data.tobytes()) + b"tb"
+    out += _py2_str(label_key.encode()) + b"](" + b"".join(_py2_int(int(v)) for v in labels) + b"e"
+    out += _py2_str(b"batch_label") + _py2_str(b"training batch 1 of 5")
+    return out + b"u."
+
+
+class TestCifarUnpickling:
+    """CIFAR batches are unpickled by an allow-list: data loads, code does not run."""
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            pytest.param(lambda marker: _Planted(os.system, f"touch {marker}"), id="os.system"),
+            pytest.param(lambda marker: _Planted(eval, f"open({str(marker)!r}, 'w').close()"), id="eval"),
+            pytest.param(
+                lambda marker: {
+                    "data": np.zeros((1, 3072), np.uint8),
+                    "labels": [_Planted(os.system, f"touch {marker}")],
+                },
+                id="nested-in-a-real-batch",
+            ),
+        ],
+    )
+    def test_planted_batch_is_refused_and_runs_nothing(self, tmp_path, payload):
+        """A batch whose pickle would run a command is refused by name, and the command never runs."""
+        base = write_cifar10_tree(tmp_path / "data")
+        marker = tmp_path / "marker"
+        (base / "data_batch_2").write_bytes(pickle.dumps(payload(marker)))
+        with pytest.raises(DataError) as info:
+            dataset("cifar10").load(tmp_path / "data")
+        message = str(info.value)
+        assert not marker.exists()
+        assert "data_batch_2 contains a pickled object of type " in message
+        assert "not a CIFAR batch: delete it and run `distillbench data fetch cifar10`" in message
+        assert "\n" not in message
+
+    def test_names_the_refused_global(self, tmp_path):
+        """The message names the global the pickle asked for, e.g. ``builtins.eval``."""
+        base = write_cifar10_tree(tmp_path)
+        (base / "test_batch").write_bytes(pickle.dumps(_Planted(eval, "1")))
+        with pytest.raises(DataError, match=r"test_batch contains a pickled object of type builtins\.eval;"):
+            dataset("cifar10").load(tmp_path)
+
+    @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+    def test_python3_batches_still_load(self, tmp_path, protocol):
+        """Batches re-pickled by Python 3 (``_codecs.encode`` under protocol 2, ``_frombuffer`` under 5) load."""
+        base = write_cifar10_tree(tmp_path)
+        x, y = labelled_images(2, 10, (3, 32, 32), offset=10000)
+        batch = {"data": x.reshape(len(x), -1), "labels": y.tolist(), "filenames": ["a.png"] * len(x)}
+        (base / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+        bundle = dataset("cifar10").load(tmp_path)
+        assert bundle.test.x.shape == (20, 3, 32, 32) and bundle.test.y.tolist() == y.tolist()
+
+    def test_official_python2_layout_loads(self, tmp_path):
+        """A batch in the official archives' byte layout (Python 2, protocol 2) loads with its pixels intact."""
+        base = write_cifar10_tree(tmp_path)
+        x, y = labelled_images(2, 10, (3, 32, 32), offset=10000)
+        raw = py2_cifar_batch(x, y, "labels")
+        assert pickle.loads(raw, encoding="latin1")["data"].tobytes() == x.tobytes()  # the helper is faithful
+        (base / "test_batch").write_bytes(raw)
+        bundle = dataset("cifar10").load(tmp_path)
+        assert bundle.test.y.tolist() == y.tolist()
+        mean, std = bundle.info.mean[0], bundle.info.std[0]
+        pixels = bundle.test.x[:, 0, 0, :2] * std + mean
+        assert (pixels * 255).round().to(int).tolist() == x[:, 0, 0, :2].astype(int).tolist()
