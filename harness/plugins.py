@@ -12,7 +12,7 @@ Built-ins are listed here as strings so that listing names imports nothing heavy
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from distillbench.harness.registry import Registry
 
@@ -144,8 +144,15 @@ def load_plugin_modules(specs: list[str] | tuple[str, ...], *, base: str | None 
     module's ``@register_*`` decorators. Workers of a cluster import the same entries, so a file
     must be at the same path on every node (or be an installed module).
 
+    A plugin is arbitrary code: it runs wherever a grid naming it is read (``run``, also with
+    ``--dry-run``, and ``status --grid``) and on every worker. Only ``KeyboardInterrupt`` passes
+    through; any other exception, including ``SystemExit`` from a plugin calling ``sys.exit(0)``,
+    becomes a one-line error, because a plugin that ended the process would otherwise look like a
+    successful command.
+
     Raises:
-        DistillBenchError: a module or file cannot be imported; the message names it and the cause.
+        DistillBenchError: a module or file cannot be imported, or exited while being imported;
+            the message names it and the cause.
     """
     import hashlib
     import importlib
@@ -163,7 +170,7 @@ def load_plugin_modules(specs: list[str] | tuple[str, ...], *, base: str | None 
             path = path.resolve()
             if not path.is_file():
                 raise DistillBenchError(
-                    f"plugin file {str(path)!r} not found; check 'plugins:' in the grid or --plugin"
+                    f"plugin {str(path)!r} not found: no such file; check 'plugins:' in the grid or --plugin"
                 )
             # A stable module name per file, so importing the same file twice is a no-op.
             name = f"distillbench_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
@@ -175,20 +182,29 @@ def load_plugin_modules(specs: list[str] | tuple[str, ...], *, base: str | None 
             sys.modules[name] = module
             try:
                 module_spec.loader.exec_module(module)
-            except DistillBenchError:
-                del sys.modules[name]
-                raise
-            except Exception as exc:
-                del sys.modules[name]
-                raise DistillBenchError(
-                    f"plugin file {str(path)!r} failed to import: {type(exc).__name__}: {exc}"
-                ) from None
+            except BaseException as exc:
+                sys.modules.pop(name, None)
+                _reraise_plugin_failure(str(path), exc)
         else:
             try:
                 importlib.import_module(spec)
-            except DistillBenchError:
-                raise
-            except Exception as exc:
-                raise DistillBenchError(
-                    f"plugin module {spec!r} failed to import: {type(exc).__name__}: {exc}"
-                ) from None
+            except BaseException as exc:
+                _reraise_plugin_failure(spec, exc)
+
+
+def _reraise_plugin_failure(plugin: str, exc: BaseException) -> NoReturn:
+    """Raise the one-line ``DistillBenchError`` for ``exc``, raised while importing ``plugin``.
+
+    ``KeyboardInterrupt`` and the plugin's own ``DistillBenchError`` (already a user-facing message)
+    are re-raised as they are.
+    """
+    from distillbench.harness.errors import DistillBenchError
+
+    if isinstance(exc, KeyboardInterrupt | DistillBenchError):
+        raise exc
+    if isinstance(exc, SystemExit):
+        raise DistillBenchError(
+            f"plugin {plugin!r} exited while being imported (SystemExit: {exc.code!r}); a plugin module must only "
+            "define and register plugins: remove the exit call, or remove the plugin from 'plugins:' / --plugin"
+        ) from None
+    raise DistillBenchError(f"plugin {plugin!r} failed to import: {type(exc).__name__}: {exc}") from None

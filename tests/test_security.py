@@ -115,3 +115,80 @@ class TestCifarUnpickling:
         mean, std = bundle.info.mean[0], bundle.info.std[0]
         pixels = bundle.test.x[:, 0, 0, :2] * std + mean
         assert (pixels * 255).round().to(int).tolist() == x[:, 0, 0, :2].astype(int).tolist()
+
+
+def _grid_with_plugin(tmp_path, plugin_source: str):
+    """A valid grid naming one plugin file (``evil_plugin.py`` beside it) that holds ``plugin_source``."""
+    import yaml
+
+    (tmp_path / "evil_plugin.py").write_text(plugin_source)
+    grid = {
+        "name": "g",
+        "protocol": "quick-v1",
+        "plugins": ["evil_plugin.py"],
+        "grid": {"dataset": ["digits"], "method": ["random"], "ipc": [1]},
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+PLUGIN_FAILURES = [
+    pytest.param("import sys\nsys.exit(0)\n", "exited while being imported (SystemExit: 0)", id="exit-0"),
+    pytest.param("raise SystemExit\n", "exited while being imported (SystemExit: None)", id="bare-SystemExit"),
+    pytest.param("import sys\nsys.exit('bye')\n", "exited while being imported (SystemExit: 'bye')", id="exit-str"),
+    pytest.param("raise GeneratorExit('odd')\n", "failed to import: GeneratorExit: odd", id="other-BaseException"),
+    pytest.param("import no_such_module_xyz\n", "failed to import: ModuleNotFoundError: ", id="import-error"),
+    pytest.param("1/0\n", "failed to import: ZeroDivisionError: division by zero", id="exception"),
+]
+
+
+class TestPluginFailures:
+    """A grid plugin or ``--plugin`` that exits or fails to import is one ``error: plugin ...`` line and exit 2."""
+
+    @pytest.mark.parametrize(("source", "expected"), PLUGIN_FAILURES)
+    @pytest.mark.parametrize("command", ["run --dry-run", "status --grid"])
+    def test_grid_plugin(self, tmp_path, capsys, command, source, expected):
+        """``run --dry-run`` and ``status --grid`` import a grid's plugins; a failure is reported, never exit 0."""
+        from distillbench.harness.cli import main
+
+        grid = _grid_with_plugin(tmp_path, source)
+        if command == "run --dry-run":
+            argv = ["run", str(grid), "--dry-run", "--results", str(tmp_path / "results")]
+        else:
+            (tmp_path / "results" / "rows").mkdir(parents=True)  # an empty results directory
+            argv = ["status", str(tmp_path / "results"), "--grid", str(grid)]
+        code = main(argv)
+        out, err = capsys.readouterr()
+        plugin = str((tmp_path / "evil_plugin.py").resolve())
+        assert code == 2 and out == ""
+        # Grid errors are prefixed with the grid file: "error: <grid>: plugin '<file>' exited ...".
+        assert err.startswith(f"error: {grid}: plugin {plugin!r} {expected}"), err
+        assert err.count("\n") == 1
+
+    @pytest.mark.parametrize(("source", "expected"), PLUGIN_FAILURES[:2])
+    def test_command_line_plugin(self, tmp_path, capsys, source, expected):
+        """``--plugin FILE`` that exits is an error too."""
+        from distillbench.harness.cli import main
+
+        (tmp_path / "evil_plugin.py").write_text(source)
+        code = main(["ls", "methods", "--plugin", str(tmp_path / "evil_plugin.py")])
+        _, err = capsys.readouterr()
+        assert code == 2 and err.startswith(f"error: plugin {str(tmp_path / 'evil_plugin.py')!r} {expected}"), err
+
+    def test_module_plugin(self, capsys):
+        """A ``--plugin`` module name that does not import names the module."""
+        from distillbench.harness.cli import main
+
+        code = main(["ls", "methods", "--plugin", "no_such_plugin_pkg.methods"])
+        _, err = capsys.readouterr()
+        assert code == 2
+        assert err.startswith("error: plugin 'no_such_plugin_pkg.methods' failed to import: ModuleNotFoundError"), err
+
+    def test_keyboard_interrupt_passes_through(self, tmp_path):
+        """Ctrl-C while a plugin imports is not swallowed as a plugin error."""
+        from distillbench.harness.plugins import load_plugin_modules
+
+        (tmp_path / "slow_plugin.py").write_text("raise KeyboardInterrupt\n")
+        with pytest.raises(KeyboardInterrupt):
+            load_plugin_modules([str(tmp_path / "slow_plugin.py")])
