@@ -18,7 +18,7 @@ Settings (``--preset``):
 
 Usage::
 
-    python benchmarks/trajectory.py --preset cpu --iterations 5
+    python benchmarks/trajectory.py --preset cpu --iterations 5 --agreement
     python benchmarks/trajectory.py --preset paper --iterations 2 --json
 """
 
@@ -99,21 +99,85 @@ def measure(config: dict, tesla: bool, iterations: int, threads: int) -> dict:
     }
 
 
+def agreement(config: dict, threads: int) -> dict:
+    """Cosine between TESLA's image gradient and full backpropagation's, on one random problem of ``config``.
+
+    TESLA drops the terms through which an early batch changes later gradients (methods/_trajectory.py);
+    this measures how far that moves the gradient at the configuration's number of steps.
+    """
+    import torch
+
+    from distillbench.harness.augment import DSA
+    from distillbench.harness.networks import build_network
+    from distillbench.harness.seeding import torch_generator
+    from distillbench.harness.types import DatasetInfo
+    from distillbench.methods._trajectory import FlatModel, _tesla_gradients, _unrolled_gradients
+
+    torch.set_num_threads(threads)
+    shape = tuple(config["shape"])
+    info = DatasetInfo("bench", "image", 10, shape, tuple(str(i) for i in range(10)))
+    net = build_network(f"convnet[width={config['width']}]", info, torch_generator(0))
+    student = FlatModel(net, [(n, tuple(p.shape)) for n, p in net.named_parameters()])
+    theta0 = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    target = theta0 + 0.01 * torch.randn(theta0.shape, generator=torch_generator(1))
+    n = 10 * config["ipc"]
+    syn = torch.randn((n, *shape), generator=torch_generator(2)).requires_grad_(True)
+    labels = torch.arange(10).repeat_interleave(config["ipc"])
+    syn_lr = torch.tensor(0.01, requires_grad=True)
+    args = (
+        student,
+        theta0,
+        target,
+        syn,
+        syn_lr,
+        [syn],
+        lambda idx: labels[idx],
+        [torch.arange(n)] * config["syn_steps"],
+    )
+    aug = DSA("color_crop_cutout_flip_scale_rotate")
+    _, exact = _unrolled_gradients(*args, aug, torch_generator(3))
+    _, tesla = _tesla_gradients(*args, aug, torch_generator(3))
+    cos = torch.nn.functional.cosine_similarity(exact[0].flatten(), tesla[0].flatten(), dim=0)
+    ratio = tesla[0].norm() / exact[0].norm()
+    return {
+        **config,
+        "cosine_images": float(cos),
+        "norm_ratio_images": float(ratio),
+        "syn_lr_ratio": float(tesla[1] / exact[1]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON object per configuration")
+    parser.add_argument(
+        "--max-gb",
+        type=float,
+        default=16.0,
+        help="skip a backpropagation run whose peak, extrapolated linearly in syn_steps from the smaller runs, "
+        "would exceed this (default 16)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # a configuration, run in this process
     parser.add_argument("--tesla", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--agreement", action="store_true", help="also compare TESLA's gradient with full backpropagation's"
+    )
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(json.loads(args.one), args.tesla, args.iterations, args.threads)))
         return
-    rows = []
+    rows: list[dict] = []
     for config in PRESETS[args.preset]:
         for tesla in (False, True):
+            projected = None if tesla else _projected_peak_gb(rows, config)
+            if projected is not None and projected > args.max_gb:
+                row = {**config, "tesla": tesla, "error": f"skipped: projected peak {projected:.1f} GB > --max-gb"}
+                rows.append(row)
+                print(json.dumps(row) if args.json else _line(row), flush=True)
+                continue
             cmd = [sys.executable, __file__, "--one", json.dumps(config), "--iterations", str(args.iterations)]
             cmd += ["--threads", str(args.threads)] + (["--tesla"] if tesla else [])
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -124,6 +188,28 @@ def main() -> None:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(json.dumps(row) if args.json else _line(row), flush=True)
+        if args.agreement:
+            row = agreement(config, args.threads)
+            text = (
+                f"  tesla vs bptt image gradient: cosine {row['cosine_images']:.4f}, norm ratio "
+                f"{row['norm_ratio_images']:.3f}; syn_lr gradient ratio {row['syn_lr_ratio']:.3f}"
+            )
+            print(json.dumps(row) if args.json else text, flush=True)
+
+
+def _projected_peak_gb(rows: list[dict], config: dict) -> float | None:
+    """The peak of ``config`` under backpropagation, extrapolated from two measured runs with fewer steps."""
+    same = [
+        r
+        for r in rows
+        if not r["tesla"] and "error" not in r and all(r[k] == config[k] for k in ("shape", "width", "ipc"))
+    ]
+    if len(same) < 2:
+        return None
+    a, b = same[-2], same[-1]
+    per_step = (b["growth_mb"] - a["growth_mb"]) / (b["syn_steps"] - a["syn_steps"])
+    base = b["peak_rss_mb"] - b["growth_mb"]
+    return (base + b["growth_mb"] + per_step * (config["syn_steps"] - b["syn_steps"])) / 1024
 
 
 def _line(row: dict) -> str:
