@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 import logging
 import os
 import signal
@@ -34,6 +35,41 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+
+
+def _init_local_ray(kwargs: dict[str, Any]) -> None:
+    """Start a local Ray whose servers (GCS, raylet, workers, driver) listen on the loopback address only.
+
+    A local run needs no other machine, and Ray's services accept unauthenticated RPCs from anyone who
+    can reach their ports. Ray 2.60 binds its gRPC servers to 127.0.0.1 only when the node IP is exactly
+    127.0.0.1, but ``ray.init(_node_ip_address="127.0.0.1")`` deliberately rewrites a loopback address
+    to the machine's public one. The node IP is 127.0.0.1 in Ray's single-machine mode (its default on
+    macOS and Windows, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``); that switch is read once when Ray is
+    imported, so it is turned off here for the start only. If a Ray version lacks it, Ray starts as
+    before and a warning says so.
+    """
+    from ray._private import ray_constants
+
+    log = logging.getLogger(__name__)
+    if not isinstance(getattr(ray_constants, "ENABLE_RAY_CLUSTER", None), bool):
+        ray.init(**kwargs)
+    else:
+        saved = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        try:
+            ray.init(**kwargs)
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = saved
+    node_ip = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node_ip).is_loopback:
+        log.warning(
+            "local Ray listens on %s, not only on %s: this Ray version ignores the loopback setting; "
+            "firewall its ports or run on a trusted network",
+            node_ip,
+            LOOPBACK,
+        )
 
 
 @dataclasses.dataclass
@@ -300,7 +336,10 @@ def run_grid(
         else:
             kwargs["num_cpus"] = os.cpu_count() or 1
         kwargs.update(ray_init or {})
-        ray.init(**kwargs)
+        if address or "_node_ip_address" in kwargs:
+            ray.init(**kwargs)  # joining a cluster, or an explicit node address: the user's choice
+        else:
+            _init_local_ray(kwargs)
         started_here = True
     previous = signal.getsignal(signal.SIGTERM)
     if _in_main_thread():

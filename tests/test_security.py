@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pickle
 import struct
@@ -117,15 +118,15 @@ class TestCifarUnpickling:
         assert (pixels * 255).round().to(int).tolist() == x[:, 0, 0, :2].astype(int).tolist()
 
 
-def _grid_with_plugin(tmp_path, plugin_source: str):
-    """A valid grid naming one plugin file (``evil_plugin.py`` beside it) that holds ``plugin_source``."""
+def _grid_with_plugin(tmp_path, plugin_source: str, protocol: str = "quick-v1"):
+    """A valid grid naming one plugin file (``grid_plugin.py`` beside it) that holds ``plugin_source``."""
     import yaml
 
-    (tmp_path / "evil_plugin.py").write_text(plugin_source)
+    (tmp_path / "grid_plugin.py").write_text(plugin_source)
     grid = {
         "name": "g",
-        "protocol": "quick-v1",
-        "plugins": ["evil_plugin.py"],
+        "protocol": protocol,
+        "plugins": ["grid_plugin.py"],
         "grid": {"dataset": ["digits"], "method": ["random"], "ipc": [1]},
     }
     path = tmp_path / "grid.yaml"
@@ -160,7 +161,7 @@ class TestPluginFailures:
             argv = ["status", str(tmp_path / "results"), "--grid", str(grid)]
         code = main(argv)
         out, err = capsys.readouterr()
-        plugin = str((tmp_path / "evil_plugin.py").resolve())
+        plugin = str((tmp_path / "grid_plugin.py").resolve())
         assert code == 2 and out == ""
         # Grid errors are prefixed with the grid file: "error: <grid>: plugin '<file>' exited ...".
         assert err.startswith(f"error: {grid}: plugin {plugin!r} {expected}"), err
@@ -171,10 +172,10 @@ class TestPluginFailures:
         """``--plugin FILE`` that exits is an error too."""
         from distillbench.harness.cli import main
 
-        (tmp_path / "evil_plugin.py").write_text(source)
-        code = main(["ls", "methods", "--plugin", str(tmp_path / "evil_plugin.py")])
+        (tmp_path / "grid_plugin.py").write_text(source)
+        code = main(["ls", "methods", "--plugin", str(tmp_path / "grid_plugin.py")])
         _, err = capsys.readouterr()
-        assert code == 2 and err.startswith(f"error: plugin {str(tmp_path / 'evil_plugin.py')!r} {expected}"), err
+        assert code == 2 and err.startswith(f"error: plugin {str(tmp_path / 'grid_plugin.py')!r} {expected}"), err
 
     def test_module_plugin(self, capsys):
         """A ``--plugin`` module name that does not import names the module."""
@@ -192,3 +193,151 @@ class TestPluginFailures:
         (tmp_path / "slow_plugin.py").write_text("raise KeyboardInterrupt\n")
         with pytest.raises(KeyboardInterrupt):
             load_plugin_modules([str(tmp_path / "slow_plugin.py")])
+
+
+def _descendants(root: int) -> set[int]:
+    """``root`` and every process below it (Ray's GCS and raylet are the driver's children, workers the raylet's)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while being listed
+    found, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in found]
+        found.update(children)
+        frontier.extend(children)
+    return found
+
+
+def _proc_address(hex_address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as ``/proc/net/tcp{,6}`` writes it: 32-bit words in host (little-endian) byte order."""
+    raw = bytes.fromhex(hex_address)
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(raw)
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def listening_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
+    """(pid, local address, port) of every TCP socket in LISTEN state held by one of ``pids``."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and inode in inodes:  # 0A: TCP_LISTEN
+                    host, port = local.split(":")
+                    found.append((inodes[inode], str(_proc_address(host)), int(port, 16)))
+    return found
+
+
+class TestRayBinding:
+    """A local Ray listens on the loopback address only; joining a cluster keeps the user's address."""
+
+    def _fake_init(self, monkeypatch):
+        """Replace ``ray.init`` by a recorder that stops ``run_grid`` right after the call."""
+        import ray
+        from ray._private import ray_constants
+
+        from distillbench.harness import scheduler
+
+        calls = []
+
+        def fake_init(**kwargs):
+            calls.append((kwargs, ray_constants.ENABLE_RAY_CLUSTER))
+            raise _StopAfterInit
+
+        monkeypatch.setattr(scheduler.ray, "init", fake_init)
+        monkeypatch.setattr(ray, "is_initialized", lambda: False)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        return scheduler, calls, ray_constants
+
+    def _trials(self, tmp_path):
+        from distillbench.harness.spec import load_grid_file
+
+        return load_grid_file(_grid_with_plugin(tmp_path, "")).trials
+
+    def test_local_start_uses_single_machine_mode(self, tmp_path, monkeypatch):
+        """Without an address, Ray starts in its single-machine mode (node IP 127.0.0.1); the switch is restored."""
+        scheduler, calls, ray_constants = self._fake_init(monkeypatch)
+        before = ray_constants.ENABLE_RAY_CLUSTER
+        with pytest.raises(_StopAfterInit):
+            scheduler.run_grid(self._trials(tmp_path), results=tmp_path / "r", data_root=tmp_path, grid_name="g")
+        assert calls[0][1] is False and "address" not in calls[0][0]
+        assert before == ray_constants.ENABLE_RAY_CLUSTER
+
+    @pytest.mark.parametrize("how", ["argument", "RAY_ADDRESS"])
+    def test_cluster_keeps_the_users_choice(self, tmp_path, monkeypatch, how):
+        """``--address`` or ``RAY_ADDRESS`` joins the cluster with Ray's own node address logic untouched."""
+        scheduler, calls, ray_constants = self._fake_init(monkeypatch)
+        kwargs = {"address": "10.0.0.5:6379"} if how == "argument" else {}
+        if how == "RAY_ADDRESS":
+            monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+        with pytest.raises(_StopAfterInit):
+            scheduler.run_grid(
+                self._trials(tmp_path), results=tmp_path / "r", data_root=tmp_path, grid_name="g", **kwargs
+            )
+        assert calls[0][0]["address"] == "10.0.0.5:6379"
+        assert calls[0][1] is ray_constants.ENABLE_RAY_CLUSTER is True
+
+    @pytest.mark.ray
+    def test_local_ray_listens_on_loopback_only(self, tmp_path):
+        """During a one-trial local run, every listening socket of the driver, GCS, raylet and workers is loopback."""
+        import io
+
+        from ray import tune
+
+        from distillbench.harness.scheduler import run_grid
+        from distillbench.harness.spec import load_grid_file
+
+        seen: list[tuple[int, str, int]] = []
+
+        class Snapshot(tune.Callback):
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                seen.extend(listening_sockets(_descendants(os.getpid())))
+
+        grid = load_grid_file(_grid_with_plugin(tmp_path, TINY_PROTOCOL_PLUGIN, protocol="security-tiny"))
+        outcome = run_grid(
+            grid.trials,
+            results=tmp_path / "results",
+            data_root=tmp_path,
+            grid_name=grid.name,
+            plugins=grid.plugins,
+            ray_init={"num_cpus": 1, "object_store_memory": 100 * 2**20},
+            stream=io.StringIO(),
+            callbacks=[Snapshot()],
+        )
+        assert outcome.ok == 1
+        assert seen, "no listening socket found: the snapshot did not see Ray's processes"
+        exposed = [s for s in seen if not ipaddress.ip_address(s[1]).is_loopback]
+        assert not exposed, f"Ray ports listening beyond loopback (pid, address, port): {exposed}"
+
+
+class _StopAfterInit(Exception):
+    """Raised by the fake ``ray.init``: the test has what it needs."""
+
+
+TINY_PROTOCOL_PLUGIN = """
+import dataclasses
+
+from distillbench.harness.plugins import register_protocol
+from distillbench.harness.protocols import QUICK_V1
+
+register_protocol(
+    dataclasses.replace(QUICK_V1, name="security-tiny", networks=("convnet[width=8]",), epochs=2, n_models=1)
+)
+"""
