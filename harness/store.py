@@ -303,17 +303,38 @@ def check_results_dir(results: str | Path) -> Path | str:
     return path
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where possible.
+
+    ``/proc/self/status`` (Linux 4.7+) shows it directly. Elsewhere the only way is to set a umask and put
+    the old one back, which other threads can observe; setting ``0o077`` for that instant can only make a
+    file another thread creates meanwhile more private, never more open (``os.umask(0)`` could make it
+    world-writable). Read on every write, not once at import, so a umask set later (by the user's
+    launcher, a test) is respected.
+    """
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    previous = os.umask(0o077)
+    os.umask(previous)
+    return previous
+
+
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it onto ``path``.
 
     Readers see the old file or the whole new one, never a part: the one way local files are written
-    (rows, sets, teachers, leaderboards).
+    (rows, sets, teachers, leaderboards). The file gets the mode a plain ``open(path, "w")`` would give
+    (``0o666`` less the umask): ``mkstemp`` creates it ``0o600``, which would hide results from the
+    group that shares a results directory.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

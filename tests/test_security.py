@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -341,3 +343,53 @@ register_protocol(
     dataclasses.replace(QUICK_V1, name="security-tiny", networks=("convnet[width=8]",), epochs=2, n_models=1)
 )
 """
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    """Run a block under ``mask``, then restore the previous umask."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+class TestFileModes:
+    """Rows, sets and leaderboard files get ``0o666`` less the umask, like any file the user creates."""
+
+    @pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+    def test_modes_follow_the_umask(self, tmp_path, mask, mode):
+        """A row, a set (tensors and JSON) and leaderboard.md / .csv / index.html all get the umask's mode."""
+        import stat
+
+        import torch
+
+        from distillbench.harness import store
+        from distillbench.harness.types import DistilledSet
+        from distillbench.leaderboard import build_leaderboard
+
+        from .test_leaderboard import row
+
+        results = tmp_path / "results"
+        with umask(mask):
+            written = [Path(store.write_row(results, row()))]
+            dset = DistilledSet(torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long))
+            tensors = Path(store.save_set(store.sets_dir(results), "abc", dset, {}))
+            written += [tensors, tensors.with_suffix(".json")]
+            build_leaderboard([results], tmp_path / "board", generated_at="2026-01-01T00:00:00Z")
+            written += [tmp_path / "board" / n for n in ("leaderboard.md", "leaderboard.csv", "index.html")]
+        modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
+        assert modes == {p.name: oct(mode) for p in written}
+
+    def test_rewrite_takes_the_current_umask(self, tmp_path):
+        """The umask is read at each write, not once per process."""
+        import stat
+
+        from distillbench.harness.store import atomic_write
+
+        target = tmp_path / "f.txt"
+        for mask, mode in ((0o077, 0o600), (0o022, 0o644)):
+            with umask(mask):
+                atomic_write(target, lambda tmp: Path(tmp).write_text("x"))
+            assert stat.S_IMODE(target.stat().st_mode) == mode
