@@ -122,9 +122,9 @@ def render_markdown(
         f"Rows read: {n_rows}; in the tables: {n_ok}; failed: {len(failures)}.",
     ]
     if filters:
-        lines.append("Filters: " + ", ".join(f"{k}=`{v}`" for k, v in sorted(filters.items())) + ".")
+        lines.append("Filters: " + ", ".join(f"{k}={_code(v)}" for k, v in sorted(filters.items())) + ".")
     if skipped_files:
-        names = ", ".join(f"`{name}`" for name in sorted(skipped_files))
+        names = ", ".join(_code(name) for name in sorted(skipped_files))
         lines.append(f"Skipped {len(skipped_files)} unreadable or foreign file(s): {names}.")
     lines.append("")
 
@@ -220,10 +220,10 @@ def _csv_float(value: float) -> str:
 
 
 def _render_table(table: Table) -> list[str]:
-    lines = [f"## {table.title}", ""]
+    lines = [f"## {_escape_text(table.title)}", ""]
     if table.quick:
         lines += [
-            f"> **Quick protocol:** `{table.protocol}` is a short demo/CI recipe; these numbers are not "
+            f"> **Quick protocol:** {_code(table.protocol)} is a short demo/CI recipe; these numbers are not "
             "comparable to papers.",
             "",
         ]
@@ -255,7 +255,7 @@ def _render_metric_table(table: Table, kind: str, metrics: Sequence[tuple[str, s
         else "accuracy on many-, medium- and few-shot classes of the long-tailed training set"
     )
     lines = [
-        f"### {kind}: {table.dataset}, {table.protocol_id}, {table.eval_network}",
+        f"### {kind}: {_escape_text(f'{table.dataset}, {table.protocol_id}, {table.eval_network}')}",
         "",
         f"{what.capitalize()}; percent, mean \u00b1 std (ddof=0) over trials (seeds), each the mean of its "
         "evaluation models; n = trials. Overall = the main table's cell.",
@@ -320,7 +320,7 @@ def _render_cost(cost: Sequence[CostRow]) -> list[str]:
     ]
     for c in cost:
         lines.append(
-            f"| {_escape(c.dataset)} | {c.protocol_id} | {_escape(c.label)} | {c.ipc} | {_escape(c.device)} | "
+            f"| {_escape(c.dataset)} | {_escape(c.protocol_id)} | {_escape(c.label)} | {c.ipc} | {_escape(c.device)} | "
             f"{c.trials} | {format_hours(c.distill_hours)} | {format_hours(c.eval_hours)} | "
             f"{format_bytes(c.set_bytes)} |"
         )
@@ -359,23 +359,43 @@ def _render_sources(numbers: Sequence[ReportedNumber]) -> list[str]:
 def _render_provenance(provenance: Provenance) -> list[str]:
     lines = ["## Provenance", "", "Found in the rows (the generation time and environment are in index.html):", ""]
     for label, values in provenance.versions:
-        lines.append(f"- {label}: " + ", ".join(f"`{v}`" if v != "not recorded" else v for v in values))
-    protocols = ", ".join(f"`{p}`" + (" (quick)" if quick else "") for p, quick in provenance.protocols)
+        lines.append(f"- {label}: " + ", ".join(_code(v) if v != "not recorded" else v for v in values))
+    protocols = ", ".join(_code(p) + (" (quick)" if quick else "") for p, quick in provenance.protocols)
     lines += [f"- protocols: {protocols}", ""]
     return lines
 
 
 def _render_failure(failure: Mapping[str, Any]) -> str:
     config = config_label(failure["method"], failure["weighting"], failure["labels"])
-    error = str(failure["error"]).replace("`", "'")
     where = f"{failure['dataset']}, {config}, ipc {failure['ipc']}, seed {failure['seed']}, {failure['protocol']}"
-    return f"- **{failure['status']}** {_escape_text(where)}: `{error}`"
+    return f"- **{_escape_text(failure['status'])}** {_escape_text(where)}: {_code(failure['error'])}"
 
 
-def _escape(text: str) -> str:
-    """Escape a table cell (a pipe would end the cell)."""
-    return text.replace("|", "\\|")
+# Text from rows (method parameters, dataset names, errors, versions) is data that anyone who can write a
+# row file controls; in Markdown it must render as that same text, never as HTML, emphasis, a link, a new
+# table cell or a new line. GitHub sanitises HTML, but other Markdown renderers do not.
+_SPECIAL = str.maketrans({"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 
-def _escape_text(text: str) -> str:
-    return text.replace("*", "\\*").replace("_", "\\_")
+def _one_line(text: Any) -> str:
+    # A line break would end a table row or list item and let the rest start its own block.
+    return " ".join(str(text).splitlines())
+
+
+def _escape_text(text: Any) -> str:
+    r"""Inline text shown literally: HTML characters as entities, Markdown emphasis and code escaped, one line.
+
+    ``](`` becomes ``]\(`` so no link or image can be formed; bracketed parameters such as
+    ``dm[iterations=200]`` stay as they are.
+    """
+    return _one_line(text).translate(_SPECIAL).replace("](", "]\\(")
+
+
+def _escape(text: Any) -> str:
+    """Escape a table cell: as :func:`_escape_text`, and a pipe would end the cell."""
+    return _escape_text(text).replace("|", "\\|")
+
+
+def _code(text: Any) -> str:
+    """Text in a code span (shown verbatim, HTML included); a backtick would end the span, so it becomes '."""
+    return "`" + _one_line(text).replace("`", "'") + "`"
