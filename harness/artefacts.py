@@ -141,7 +141,7 @@ def exclusive(
         with _file_lock(Path(loc.path) / f"{key}.lock", on_wait):
             yield
         return
-    claim = _Claim(loc / key / "claim.json")
+    claim = Claim(loc / key / "claim.json")
     claim.acquire(on_wait)
     try:
         yield
@@ -174,71 +174,201 @@ def claim_holder(directory: Location | str | Path, key: str) -> dict[str, Any] |
     return None if loc.local else read_json(loc / key / "claim.json")
 
 
-class _Claim:
-    """A claim object with a heartbeat (see :func:`exclusive`)."""
+class Claim:
+    """A claim on one key: a small JSON document naming its holder, kept alive by a heartbeat.
 
-    def __init__(self, target: Location) -> None:
+    The document holds ``owner`` (who may act for the claim: a build, or every worker of one grid run),
+    ``token`` (this one claimant), ``host``, ``pid``, ``started`` and ``time`` (the last heartbeat), plus
+    any ``info`` the caller adds. A claim is *free* for an owner (see :func:`claim_is_free`) when it is
+    absent, is the owner's own (an earlier attempt, e.g. a Tune retry after a worker died), names a dead
+    process on this host, or its heartbeat is older than ``expiry_s``.
+
+    Local and NFS paths: every read-decide-write (take, heartbeat, release) happens under one
+    ``filelock.FileLock`` per directory (``<directory>/.lock``), so two processes, on one machine or on
+    two machines sharing the directory, cannot both take a claim. Object stores (``s3://``) have no lock
+    and ``pyarrow.fs`` has no conditional PUT, so a claim is best effort: the claimant writes, waits
+    ``settle_s`` and reads back; of two claimants that both saw the claim free within the same instant
+    only the last writer keeps it. Two that write more than ``settle_s`` apart are both separated; two that
+    write within the same few milliseconds *and* both read back before either write lands could both go
+    on, which the read-back window makes unlikely but not impossible.
+
+    Args:
+        target: the claim document's location (``<dir>/<key>.json`` or ``<dir>/<key>/claim.json``).
+        owner: shared by every claimant that may take over another's claim at once; a fresh id if not given.
+        info: extra fields for the document (who started the work, for messages).
+        expiry_s: a heartbeat older than this frees the claim (default :data:`CLAIM_EXPIRY_S`).
+        heartbeat_s: how often :meth:`start_heartbeat` refreshes it (default :data:`HEARTBEAT_S`).
+    """
+
+    def __init__(
+        self,
+        target: Location,
+        *,
+        owner: str | None = None,
+        info: Mapping[str, Any] | None = None,
+        expiry_s: float | None = None,
+        heartbeat_s: float | None = None,
+    ) -> None:
         self.target = target
-        self.owner = uuid.uuid4().hex
+        self.owner = owner or uuid.uuid4().hex
+        self.token = uuid.uuid4().hex
+        self.info = dict(info or {})
         self.host = socket.gethostname()
         self.started = time.time()
+        self.expiry_s = expiry_s
+        self.heartbeat_s = heartbeat_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _document(self) -> dict[str, Any]:
-        now = time.time()
-        return {"owner": self.owner, "host": self.host, "pid": os.getpid(), "started": self.started, "time": now}
+        return {
+            **self.info,
+            "owner": self.owner,
+            "token": self.token,
+            "host": self.host,
+            "pid": os.getpid(),
+            "started": self.started,
+            "time": time.time(),
+        }
 
-    def _stale(self, current: dict[str, Any] | None, unchanged_since: float) -> bool:
-        if current is None:  # absent, or not a claim we can read: nobody holds it
-            return True
-        pid = current.get("pid")
-        if current.get("host") == self.host and isinstance(pid, int) and not _alive(pid):
-            return True  # its builder on this machine is gone (a killed driver): no need to wait out the expiry
-        heartbeat = current.get("time")
-        if not isinstance(heartbeat, (int, float)) or time.time() - heartbeat > CLAIM_EXPIRY_S:
-            return True
-        return time.monotonic() - unchanged_since > CLAIM_EXPIRY_S
+    def _expiry(self) -> float:
+        return CLAIM_EXPIRY_S if self.expiry_s is None else self.expiry_s
 
-    def acquire(self, on_wait: Callable[[], None] | None) -> None:
+    def try_acquire(self, unchanged_since: float | None = None) -> dict[str, Any] | None:
+        """Take the claim if it is free; ``None`` on success, else the holder's document.
+
+        Args:
+            unchanged_since: monotonic time since which the caller has seen the current document unchanged
+                (a waiter's clock, safe against skewed clocks); ``None`` for a single look.
+        """
+        if self.target.local:
+            with _directory_lock(self.target):
+                current = read_json(self.target)
+                if not self._free(current, unchanged_since):
+                    return current
+                self._log_takeover(current)
+                write_json(self.target, self._document())
+                return None
+        current = read_json(self.target)
+        if not self._free(current, unchanged_since):
+            return current
+        self._log_takeover(current)
+        write_json(self.target, self._document())
+        time.sleep(CLAIM_SETTLE_S)
+        back = read_json(self.target)
+        if back is not None and back.get("token") == self.token:
+            return None
+        return back or {"owner": "unknown", "host": "unknown"}  # another claimant wrote after us
+
+    def _free(self, current: dict[str, Any] | None, unchanged_since: float | None) -> bool:
+        if current is not None and current.get("token") == self.token:
+            return True
+        if claim_is_free(current, owner=self.owner, expiry_s=self._expiry()):
+            return True
+        return unchanged_since is not None and time.monotonic() - unchanged_since > self._expiry()
+
+    def _log_takeover(self, current: dict[str, Any] | None) -> None:
+        if current is not None and current.get("owner") != self.owner:
+            log.warning("taking over the stale claim %s (%s)", self.target, current)
+
+    def acquire(self, on_wait: Callable[[], None] | None = None) -> None:
+        """Wait until the claim is taken, calling ``on_wait`` about every :data:`POLL_S`; starts the heartbeat."""
         seen: tuple[str, float] | None = None  # (content, monotonic time it was first seen)
         while True:
             current = read_json(self.target)
             text = json.dumps(current, sort_keys=True)
             if seen is None or seen[0] != text:
                 seen = (text, time.monotonic())
-            if self._stale(current, seen[1]):
-                if current is not None:
-                    log.warning("taking over the stale build claim %s (%s)", self.target, current)
-                write_json(self.target, self._document())
-                time.sleep(CLAIM_SETTLE_S)
-                back = read_json(self.target)
-                if back is not None and back.get("owner") == self.owner:
-                    break
-                seen = None  # another builder wrote after us: it holds the claim now
-                continue
+            if self.try_acquire(seen[1]) is None:
+                break
             if on_wait is not None:
                 on_wait()
             time.sleep(POLL_S)
+        self.start_heartbeat()
+
+    def start_heartbeat(self) -> None:
+        """Refresh the claim every ``heartbeat_s`` from a daemon thread until :meth:`stop_heartbeat`."""
+        self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name=f"claim {self.target.name}", daemon=True)
         self._thread.start()
 
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            current = read_json(self.target)
-            if current is not None and current.get("owner") != self.owner:
-                log.warning("build claim %s was taken over by %s; finishing anyway", self.target, current)
-                return
-            with contextlib.suppress(OSError):
-                write_json(self.target, self._document())
-
-    def release(self) -> None:
+    def stop_heartbeat(self) -> None:
+        """Stop refreshing; the claim stays until :meth:`release` or :func:`release_claim`, or until it expires."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        current = read_json(self.target)
-        if current is not None and current.get("owner") == self.owner:
-            self.target.delete()
+            self._thread = None
+
+    def _beat(self) -> None:
+        interval = HEARTBEAT_S if self.heartbeat_s is None else self.heartbeat_s
+        while not self._stop.wait(interval):
+            try:
+                with _directory_lock(self.target) if self.target.local else contextlib.nullcontext():
+                    current = read_json(self.target)
+                    if current is None or current.get("token") != self.token:
+                        # Released by the driver, or taken over after a long stall: never write it back.
+                        if current is not None:
+                            log.warning("claim %s was taken over by %s; finishing anyway", self.target, current)
+                        return
+                    write_json(self.target, self._document())
+            except OSError as exc:  # a full or unreachable store: the next beat tries again
+                log.warning("cannot refresh claim %s: %s", self.target, exc)
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the claim if this claimant still holds it."""
+        self.stop_heartbeat()
+        _remove_if(self.target, lambda doc: doc.get("token") == self.token)
+
+
+def claim_is_free(
+    document: Mapping[str, Any] | None, *, owner: str | None = None, expiry_s: float | None = None
+) -> bool:
+    """Whether a claim document leaves its key free for ``owner``.
+
+    Free when there is no (readable) document, when it is ``owner``'s own, when it names a process on this
+    host that no longer runs (a killed driver or worker: no need to wait out the expiry), or when its
+    heartbeat is older than ``expiry_s`` (default :data:`CLAIM_EXPIRY_S`; clocks of the machines that share
+    the store must agree to well within it). Drivers and workers decide with this one function, so a
+    driver's look before scheduling and a worker's take agree.
+    """
+    if document is None:
+        return True
+    if owner is not None and document.get("owner") == owner:
+        return True
+    pid = document.get("pid")
+    if document.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        return True
+    heartbeat = document.get("time")
+    expiry = CLAIM_EXPIRY_S if expiry_s is None else expiry_s
+    return not isinstance(heartbeat, (int, float)) or time.time() - heartbeat > expiry
+
+
+def release_claim(target: Location | str | Path, owner: str) -> bool:
+    """Remove the claim at ``target`` if ``owner`` holds it (a driver releasing its workers' claims).
+
+    Returns:
+        Whether a claim was removed.
+    """
+    return _remove_if(location(target), lambda doc: doc.get("owner") == owner)
+
+
+def _remove_if(target: Location, held: Callable[[dict[str, Any]], bool]) -> bool:
+    with _directory_lock(target) if target.local else contextlib.nullcontext():
+        current = read_json(target)
+        if current is not None and held(current):
+            target.delete()
+            return True
+    return False
+
+
+def _directory_lock(target: Location) -> Any:
+    from filelock import FileLock
+
+    # One lock per claims directory: each hold lasts one small read and write, so contention is negligible,
+    # and the directory gets one lock file instead of one per key.
+    parent = Path(target.path).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(parent / ".lock"))
 
 
 def _alive(pid: int) -> bool:
@@ -254,13 +384,16 @@ def _alive(pid: int) -> bool:
 __all__ = [
     "CACHE_ENV",
     "CLAIM_EXPIRY_S",
+    "Claim",
     "DEFAULT_CACHE",
     "HEARTBEAT_S",
     "cache_root",
     "claim_holder",
+    "claim_is_free",
     "content_id",
     "data_fingerprint",
     "exclusive",
     "read_json",
+    "release_claim",
     "write_json",
 ]
