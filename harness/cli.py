@@ -259,6 +259,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     for error in outcome.errors[:10]:
         print(f"  failed: {error}")
+    for note in outcome.notes:
+        print(note)
+    if outcome.stopped:  # disk full or read-only: one line, finished rows kept, no leaderboard to write
+        print(f"error: {outcome.stopped}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"rows: {store.location(results) / 'rows'}")
     if not args.no_leaderboard:
         out = results / "leaderboard" if isinstance(results, Path) else Path("leaderboard") / grid.name

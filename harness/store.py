@@ -21,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import functools
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -398,6 +400,107 @@ def write_rows(results: str | Path | Location, rows: list[Mapping[str, Any]]) ->
 def write_row(results: str | Path | Location, values: Mapping[str, Any]) -> Path | str:
     """Write a trial with a single row; see :func:`write_rows`."""
     return write_rows(results, [values])
+
+
+def row_stamps(results: str | Path | Location) -> dict[str, int | None]:
+    """The modification time (ns) of every trial's row file, by trial id: one listing of ``<results>/rows``.
+
+    A scheduler compares a stamp taken when it started with one taken later to tell whether another run
+    wrote the trial's row meanwhile (the times are the store's, so no clocks are compared).
+    """
+    rows = location(results) / "rows"
+    infos = rows.fs.get_file_info(pafs.FileSelector(rows.path, allow_not_found=True))
+    return {
+        i.base_name.removesuffix(".parquet"): i.mtime_ns
+        for i in infos
+        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
+    }
+
+
+def row_stamp(results: str | Path | Location, trial_id: str) -> int | None:
+    """The modification time (ns) of one trial's row file, or ``None`` if it has no row (see :func:`row_stamps`)."""
+    row = location(results) / "rows" / f"{trial_id}.parquet"
+    info = row.fs.get_file_info(row.path)
+    return info.mtime_ns if info.type == pafs.FileType.File else None
+
+
+# errno values after which no further write to the store can succeed: retrying, or writing the next
+# trial's row, only fails again, so a run stops instead.
+_FULL_OR_READ_ONLY = {
+    errno.ENOSPC: "no space left on the device: free space there, or pass another --results",
+    errno.EDQUOT: "the disk quota is exhausted: free space there, or pass another --results",
+    errno.EROFS: "the file system is read-only: remount it writable, or pass a writable --results",
+    errno.EACCES: "permission denied: let this user write there, or pass another --results",
+    errno.EPERM: "operation not permitted: let this user write there, or pass another --results",
+}
+# The same conditions as object stores and pyarrow word them (their OSErrors carry no errno).
+_FULL_OR_READ_ONLY_TEXT = {
+    "No space left on device": errno.ENOSPC,
+    "Disk quota exceeded": errno.EDQUOT,
+    "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES,
+    "AccessDenied": errno.EACCES,
+}
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """What is wrong with the store and how to fix it, when ``exc`` says it takes no more writes; else ``None``.
+
+    Disk full, quota exhausted, read-only file system and permission denied count (an ``OSError`` with that
+    errno anywhere in the exception's chain, or pyarrow's wording of it); anything else is ``None``: a
+    problem of one row, not of the store.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _FULL_OR_READ_ONLY:
+            return _FULL_OR_READ_ONLY[current.errno]
+        text = str(current)
+        for words, code in _FULL_OR_READ_ONLY_TEXT.items():
+            if words in text:
+                return _FULL_OR_READ_ONLY[code]
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def write_problem_message(where: str | Path | Location, exc: BaseException) -> str:
+    """One line for a failed write to ``where``: the path, the reason, the fix, and that finished rows are kept."""
+    reason = storage_problem(exc) or f"{type(exc).__name__}: {exc}"
+    return (
+        f"cannot write to {location(where)}: {reason}; rows already written are kept, and running the same "
+        "command again afterwards finishes the rest"
+    )
+
+
+def check_writable(results: str | Path | Location) -> None:
+    """Make sure ``<results>/rows`` takes a new file, before a run starts anything (call it before Ray starts).
+
+    Writes and removes a small hidden probe file (64 KiB, synced to disk locally), so a read-only file
+    system, missing permission or a full disk fails here in one line instead of at the first row.
+
+    Raises:
+        DistillBenchError: the rows folder cannot be written; the message names the path and the fix.
+    """
+    rows = location(results) / "rows"
+    probe = rows / f".write-check-{uuid.uuid4().hex}.tmp"
+    data = b"\0" * 65536
+    try:
+        if rows.local:
+            Path(rows.path).mkdir(parents=True, exist_ok=True)
+            fd = os.open(probe.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                Path(probe.path).unlink(missing_ok=True)
+        else:
+            probe.write_bytes(data)
+            probe.delete()
+    except OSError as exc:
+        problem = storage_problem(exc) or f"{type(exc).__name__}: {exc}"
+        raise DistillBenchError(f"cannot write rows to {rows}: {problem}") from None
 
 
 def existing_trial_ids(results: str | Path | Location, *, status: Iterable[str] | None = None) -> set[str]:
