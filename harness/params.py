@@ -15,12 +15,20 @@ Two declarations on a parameter dataclass shape identity and validation:
 * ``refused_params: ClassVar[dict[str, str]]`` names keys the plugin deliberately does not take,
   each with the message to show (``{owner}`` is replaced by e.g. ``dataset 'sst2'``); without it an
   unknown key gets the generic "unknown parameter" message.
+
+Values are canonicalised as they are converted, so one configuration has one trial id however it is
+spelled: ``"7"``, ``"+7"`` and ``7`` become the int ``7``; ``"1e-3"`` and ``0.001`` the float
+``0.001``. Integers must fit int64 (rows store them as int64; a larger value would pass
+validation and fail when its row is written). Floats must be finite: ``inf`` or ``nan`` would pass
+validation and then poison a whole run, so a field that really means "unbounded" opts in with
+``metadata={"allow_inf": True}``; NaN is never a valid setting.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -29,6 +37,9 @@ from typing import Any, Literal
 from distillbench.harness.errors import ConfigError
 
 _TRUE = {"true", "yes", "on", "1"}
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+ALLOW_INF = "allow_inf"
+"""Field metadata key of a float parameter for which ``inf`` / ``-inf`` is a meaningful value."""
 _FALSE = {"false", "no", "off", "0"}
 
 
@@ -106,7 +117,29 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any) -> Any:
+def canonical_int(value: Any) -> int:
+    """``value`` as an int within int64: an int, or a string of ASCII digits (``"7"``, ``"+7"``, ``"1_000"``).
+
+    Raises:
+        ValueError: not an integer (bools and floats included: ``2.5`` or ``True`` are not counts), or
+            outside int64.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an integer")
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        # ASCII digits only: str.isdigit() also accepts '²' and other digits int() then rejects.
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
+            raise ValueError(f"{value!r} is not an integer")
+        value = int(text, 10)
+    if not isinstance(value, int):
+        raise ValueError(f"{value!r} is not an integer")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{value} does not fit a 64-bit integer")
+    return int(value)
+
+
+def _convert(value: Any, tp: Any, *, allow_inf: bool = False) -> Any:
     """Convert ``value`` (a raw string or a YAML scalar) to ``tp``; raise ``ValueError`` if impossible."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -117,7 +150,7 @@ def _convert(value: Any, tp: Any) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(value, arg)
+                return _convert(value, arg, allow_inf=allow_inf)
             except ValueError:
                 continue
         raise ValueError
@@ -135,7 +168,7 @@ def _convert(value: Any, tp: Any) -> Any:
             parts = list(value)
         else:
             raise ValueError
-        return tuple(_convert(p, inner) for p in parts)
+        return tuple(_convert(p, inner, allow_inf=allow_inf) for p in parts)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -143,21 +176,16 @@ def _convert(value: Any, tp: Any) -> Any:
             return value.lower() in _TRUE
         raise ValueError
     if tp is int:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            return int(value.replace("_", ""), 10)
-        raise ValueError
+        return canonical_int(value)
     if tp is float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError
-        if isinstance(value, (int | float, str)):
-            result = float(value)
-        else:
-            raise ValueError
-        if math.isnan(result):
+        try:
+            result = float(value.replace("_", "") if isinstance(value, str) else value)
+        except OverflowError:  # float(10**400)
+            raise ValueError from None
+        # A finite-looking string can overflow too ("1e400" is inf).
+        if math.isnan(result) or (math.isinf(result) and not allow_inf):
             raise ValueError
         return result
     if tp is str:
@@ -167,6 +195,16 @@ def _convert(value: Any, tp: Any) -> Any:
             return str(value)
         raise ValueError
     raise ValueError
+
+
+def _range_hint(tp: Any, allow_inf: bool) -> str:
+    """What else a value of type ``tp`` must satisfy, for the message of a refused value."""
+    names = _type_name(tp).split(" | ")
+    if "int" in names:
+        return " (a whole number that fits 64 bits)"
+    if "float" in names and not allow_inf:
+        return " (a finite number: inf and nan are not settings)"
+    return ""
 
 
 def build_params(cls: type, raw: Mapping[str, Any], *, owner: str) -> Any:
@@ -191,10 +229,13 @@ def build_params(cls: type, raw: Mapping[str, Any], *, owner: str) -> Any:
             valid = ", ".join(sorted(fields)) or "(none)"
             raise ConfigError(f"unknown parameter {key!r} for {owner}; valid parameters: {valid}")
         tp = hints[key]
+        allow_inf = bool(fields[key].metadata.get(ALLOW_INF, False))
         try:
-            kwargs[key] = _convert(value, tp)
+            kwargs[key] = _convert(value, tp, allow_inf=allow_inf)
         except (ValueError, TypeError):
-            raise ConfigError(f"parameter {key!r} of {owner} must be {_type_name(tp)}, got {value!r}") from None
+            raise ConfigError(
+                f"parameter {key!r} of {owner} must be {_type_name(tp)}{_range_hint(tp, allow_inf)}, got {value!r}"
+            ) from None
     try:
         params = cls(**kwargs)
     except (ValueError, TypeError) as exc:  # raised by a dataclass __post_init__ range check

@@ -13,8 +13,9 @@ incompatible axes are never crossed::
       seed: [0, 1]
 
 Every trial is validated before anything is scheduled: unknown plugin names (with close matches),
-unknown or mistyped parameters, ipc below 1, and combinations the plugins declare incompatible are
-errors that name the grid block and the value.
+unknown or mistyped parameters, ipc or seed out of range, a grid name that is not a plain folder name,
+and combinations the plugins declare incompatible are errors that name the grid block and the value.
+Integer axes are canonicalised (``seed: "7"`` is ``seed: 7``, one trial id).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from distillbench.harness.errors import ConfigError, DistillBenchError, IncompatibleError, UnknownNameError
-from distillbench.harness.params import params_to_dict
+from distillbench.harness.params import INT64_MAX, canonical_int, params_to_dict
 
 AXES = ("dataset", "method", "ipc", "seed", "weighting", "labels", "protocol")
 DEFAULTS = {"weighting": "none", "labels": "native", "seed": 0}
@@ -117,16 +119,54 @@ def _hash(doc: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _check_int(value: Any, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
-        else:
-            raise ConfigError(f"{what} must be an integer, got {value!r}")
-    if value < minimum:
+# Upper bounds of the integer axes. A seed is stored as int64 (larger ones would pass validation and then
+# fail in the row writer); no dataset has anywhere near 100,000 samples per class, and a larger ipc only
+# overflows later; a retry count beyond 100 is a typo, not a policy.
+MAX_SEED = INT64_MAX
+MAX_IPC = 100_000
+MAX_RETRIES = 100
+MAX_GRID_NAME = 100  # bytes: the name is a folder name, and file systems allow 255 per component
+_GRID_NAME = re.compile(r"[\w][\w.+=@-]*")
+
+
+def _check_int(value: Any, what: str, minimum: int, maximum: int = INT64_MAX) -> int:
+    """``value`` as a canonical int in ``[minimum, maximum]`` (``"7"`` and ``7`` are the same value)."""
+    try:
+        number = canonical_int(value)
+    except ValueError:
+        if isinstance(value, int) and not isinstance(value, bool):  # an int too large for int64
+            raise ConfigError(f"{what} must be at most {maximum}, got {value}") from None
+        raise ConfigError(f"{what} must be an integer, got {value!r}") from None
+    if number < minimum:
         hint = " (samples per class)" if what == "ipc" else ""
-        raise ConfigError(f"{what} must be at least {minimum}{hint}, got {value}")
-    return value
+        raise ConfigError(f"{what} must be at least {minimum}{hint}, got {number}")
+    if number > maximum:
+        raise ConfigError(f"{what} must be at most {maximum}, got {number}")
+    return number
+
+
+def check_grid_name(name: Any, *, from_file: bool = False) -> str:
+    """A grid name that is safe as one folder name (``results/<name>``) and as a row value.
+
+    Raises:
+        ConfigError: not a string, empty, containing a path separator, ``..`` or other characters than
+            letters, digits and ``. _ - + = @``, starting with a dot, or longer than 100 bytes.
+    """
+    where = "the grid file's name" if from_file else "grid name"
+    fix = "add a 'name:' such as 'my-grid' to the grid" if from_file else "use a name such as 'my-grid'"
+    if isinstance(name, bool) or not isinstance(name, str | int):
+        raise ConfigError(f"{where} must be a plain name such as 'my-grid', got {name!r}")
+    text = str(name)
+    if not text:
+        raise ConfigError(f"{where} is empty; {fix}")
+    if len(text.encode()) > MAX_GRID_NAME:
+        raise ConfigError(f"{where} is {len(text.encode())} bytes long; at most {MAX_GRID_NAME} are allowed; {fix}")
+    if "/" in text or "\\" in text or ".." in text or text.startswith(".") or not _GRID_NAME.fullmatch(text):
+        raise ConfigError(
+            f"{where} {text!r} is not a plain name: it becomes a folder under the results directory, so it may "
+            f"hold only letters, digits and . _ - + = @ (no path separators, no '..', no leading dot); {fix}"
+        )
+    return text
 
 
 def resolve_trial(spec: TrialSpec) -> ResolvedTrial:
@@ -140,8 +180,8 @@ def resolve_trial(spec: TrialSpec) -> ResolvedTrial:
     from distillbench.harness.networks import resolve_network
     from distillbench.harness.plugins import DATASETS, LABELS, METHODS, PROTOCOLS, WEIGHTINGS
 
-    ipc = _check_int(spec.ipc, "ipc", 1)
-    _check_int(spec.seed, "seed", 0)
+    ipc = _check_int(spec.ipc, "ipc", 1, MAX_IPC)
+    seed = _check_int(spec.seed, "seed", 0, MAX_SEED)
     dataset = DATASETS.resolve(spec.dataset)
     method = METHODS.resolve(spec.method)
     weighting = WEIGHTINGS.resolve(spec.weighting)
@@ -175,7 +215,7 @@ def resolve_trial(spec: TrialSpec) -> ResolvedTrial:
         except DistillBenchError as exc:
             raise IncompatibleError(f"protocol {protocol.name!r} cannot evaluate on {info.name!r}: {exc}") from None
     return ResolvedTrial(
-        spec=dataclasses.replace(spec, ipc=ipc),
+        spec=dataclasses.replace(spec, ipc=ipc, seed=seed),  # canonical ints, so "7" and 7 share one trial id
         dataset=dataset,
         method=method,
         weighting=weighting,
@@ -221,7 +261,7 @@ def load_grid_file(path: str | Path) -> Grid:
     if not path.is_file():
         raise ConfigError(f"grid file {str(path)!r} is a directory; pass a YAML file")
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.load(path.read_text(), Loader=_unique_key_loader())  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -233,6 +273,33 @@ def load_grid_file(path: str | Path) -> Grid:
         return parse_grid(document, default_name=path.stem, path=str(path))
     except DistillBenchError as exc:
         raise type(exc)(f"{path}: {exc}") from None
+
+
+def _unique_key_loader() -> type:
+    """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping.
+
+    Plain YAML keeps the last value silently, so a grid with two ``method:`` lines would run only one
+    of them without a word.
+    """
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, list | dict):
+                    continue  # unhashable; SafeLoader reports it
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice (the second would silently win)", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -248,7 +315,8 @@ def parse_grid(document: Any, *, default_name: str = "grid", path: str | None = 
     unknown = sorted(set(document) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ConfigError(f"unknown grid keys {unknown}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
-    name = str(document.get("name") or default_name)
+    given = document.get("name")
+    name = check_grid_name(given if given is not None else default_name, from_file=given is None)
     plugins = _as_list(document.get("plugins") or [])
     if not all(isinstance(p, str) for p in plugins):
         raise ConfigError(f"plugins must be a list of module names or .py paths, got {document.get('plugins')!r}")
@@ -295,7 +363,7 @@ def parse_grid(document: Any, *, default_name: str = "grid", path: str | None = 
                 raise type(exc)(f"{where}: {exc}") from None
             trials.setdefault(resolved.trial_id, resolved)
     resources = parse_resources(document.get("resources"))
-    retries = _check_int(document.get("retries", 0), "retries", 0)
+    retries = _check_int(document.get("retries", 0), "retries", 0, MAX_RETRIES)
     download = document.get("download", False)
     if not isinstance(download, bool):
         raise ConfigError(f"download must be true or false, got {download!r}")
