@@ -328,4 +328,4 @@ def test_cli_run_on_read_only_or_full_results_fails_before_ray(tmp_path, options
     assert lines[0].startswith("error: ") and str(results) in lines[0], lines[0]
     assert reason in lines[0] or "is not writable" in lines[0], lines[0]
     assert "pass" in lines[0], "the line must say how to fix it"
-    assert _executions(log) == 0 and "trials" in proc.stdout
+    assert _executions(log) == 0
