@@ -205,6 +205,27 @@ def _artefacts(value: str | None, *, base: Path) -> Path | str | None:
     return store.check_results_dir(value)
 
 
+def _check_path_writable(path: Path | str, what: str) -> None:
+    """Refuse a local output folder that could not be created or written, without writing anything.
+
+    Runs for ``--dry-run`` too, so a path that would fail after Ray started (a name longer than the file
+    system allows, a read-only or foreign folder) fails first, in one line.
+    """
+    if not isinstance(path, Path):
+        return  # a URI: check_results_dir has reached the store already
+    for part in path.parts:
+        if len(part.encode()) > 255:
+            raise DistillBenchError(
+                f"{what} path {str(path)!r} has a component of {len(part.encode())} bytes; file systems allow 255; "
+                "pass a shorter path"
+            )
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise DistillBenchError(
+            f"{what} path {str(path)!r} is not writable ({existing} does not allow it); pass a folder you can write"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from distillbench.harness import store
     from distillbench.harness.spec import load_grid_file, trial_table
@@ -218,7 +239,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.artefacts
         else _artefacts(grid.artefacts, base=Path(args.grid).resolve().parent)
     )
-    done = store.existing_trial_ids(results, status=("ok", "diverged"))
+    _check_path_writable(results, "results")
+    if isinstance(artefacts, Path):
+        _check_path_writable(artefacts, "artefacts")
+
+    def skip(path: Any, reason: str) -> None:
+        # Reported and skipped, as status and leaderboard do: its trial runs again and overwrites the file.
+        print(f"skipped {str(path).rsplit('/', 1)[-1]}: {reason} (its trial runs again)", file=sys.stderr)
+
+    done = store.existing_trial_ids(results, status=("ok", "diverged"), on_bad=skip)
     pending = [t for t in grid.trials if t.trial_id not in done]
     if args.dry_run:
         print(
@@ -362,18 +391,25 @@ def cmd_distill(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         grid="cli",
     )
-    spec.resolve()  # bad input fails here, before any work, with exit status 2
+    resolved = spec.resolve()  # bad input fails here, before any work, with exit status 2
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and out.is_dir():
         raise DistillBenchError(f"--out {str(out)!r} is a directory; pass a file name such as set.safetensors")
+    if out is not None:
+        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise DistillBenchError(f"--out {str(out)!r} is under {str(blocker)!r}, a file; pass a path in a folder")
+        _check_path_writable(out.parent, "--out")
+    data_root = _data_root(args.data_root)
+    # Missing data is the user's to fix: one line and status 2 now, not an error row after the set-up.
+    dataset = resolved.dataset.obj(resolved.dataset.params)
+    dataset.prepare(data_root, download=False)
 
     def progress(fraction: float, message: str) -> None:
         if not args.json:
             print(f"\r\033[K{100 * fraction:5.1f}% {message}", end="", file=sys.stderr, flush=True)
 
-    rows = run_trial(
-        spec, data_root=_data_root(args.data_root), set_path=out, progress=progress if sys.stderr.isatty() else None
-    )
+    rows = run_trial(spec, data_root=data_root, set_path=out, progress=progress if sys.stderr.isatty() else None)
     if sys.stderr.isatty() and not args.json:
         print("\r\033[K", end="", file=sys.stderr)
     for row in rows:  # one row per evaluation network of the protocol
@@ -384,20 +420,47 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _set_spec(set_file: str, meta: dict[str, Any], *, protocol: str | None = None) -> Any:
+    """The resolved trial a saved set's metadata describes; one-line ``DataError`` when it cannot be one."""
+    from distillbench.harness.errors import DataError
+    from distillbench.harness.spec import TrialSpec
+
+    raw = meta.get("spec")
+    if raw is None:
+        raise DataError(f"{set_file}: metadata has no 'spec'; was it written by distillbench?")
+    if not isinstance(raw, dict):
+        raise DataError(
+            f"{set_file}: metadata 'spec' is a JSON {type(raw).__name__}, not an object; write sets with "
+            "'distillbench distill --out' or a run"
+        )
+    missing = [key for key in ("dataset", "method", "ipc") if key not in raw]
+    if missing:
+        raise DataError(f"{set_file}: metadata 'spec' lacks {', '.join(missing)}; was it written by distillbench?")
+    spec = TrialSpec.from_dict({**raw, **({"protocol": protocol} if protocol else {})})
+    try:
+        return spec.resolve()
+    except DistillBenchError as exc:
+        raise type(exc)(f"{set_file}: metadata 'spec': {exc}") from None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from distillbench.harness import store
+    from distillbench.harness.errors import DataError
+    from distillbench.harness.evaluate import _check_inputs
     from distillbench.harness.plugins import PROTOCOLS
     from distillbench.harness.runner import evaluate_set, load_data, pick_device
-    from distillbench.harness.spec import TrialSpec
+    from distillbench.harness.spec import MAX_SEED, _check_int
 
     protocol = PROTOCOLS.resolve(args.protocol).obj
     dset, meta = store.load_set(args.set_file)
-    if "spec" not in meta:
-        raise DistillBenchError(f"{args.set_file}: metadata has no 'spec'; was it written by distillbench?")
-    spec = TrialSpec.from_dict({**meta["spec"], "protocol": args.protocol})
-    resolved = spec.resolve()
+    resolved = _set_spec(args.set_file, meta, protocol=args.protocol)
+    spec = resolved.spec
+    try:
+        _check_inputs(protocol, dset, resolved.info)
+    except ValueError as exc:  # the set file does not fit its dataset or the protocol: the user's input
+        raise DataError(f"{args.set_file}: {exc}") from None
+    seed = _check_int(args.seed, "--seed", 0, MAX_SEED) if args.seed is not None else spec.seed
     data = load_data(resolved, _data_root(args.data_root))
-    seed = args.seed if args.seed is not None else spec.seed
     for network in protocol.networks:  # one result per evaluation network of the protocol
         start = time.perf_counter()
         metrics = evaluate_set(protocol, dset, data, seed=seed, device=pick_device(), network=network)
@@ -503,6 +566,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if known is None or rank.get(row["status"], 2) > rank.get(known["status"], 2):
             trials[row["trial_id"]] = row
     grids = [load_grid_file(path) for path in args.grid]
+    for t in trials.values():
+        if t.get("grid") is None:  # a row whose writer kept no grid column
+            t["grid"] = "(no grid)"
     names = sorted({str(t["grid"]) for t in trials.values()} | {g.name for g in grids})
     print(f"{'grid':24} {'done':>6} {'diverged':>9} {'failed':>7} {'pending':>8}")
     for name in names:
@@ -533,12 +599,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     from distillbench.datasets._text import sentence_words
     from distillbench.harness import store
     from distillbench.harness.runner import load_data
-    from distillbench.harness.spec import TrialSpec
 
     dset, meta = store.load_set(args.set_file)
-    if "spec" not in meta:
-        raise DistillBenchError(f"{args.set_file}: metadata has no 'spec'; was it written by distillbench?")
-    resolved = TrialSpec.from_dict(meta["spec"]).resolve()
+    resolved = _set_spec(args.set_file, meta)
     if resolved.info.modality != "text":
         raise DistillBenchError(f"{args.set_file}: dataset {resolved.dataset.display!r} is not text; show needs text")
     info = load_data(resolved, _data_root(args.data_root)).info
@@ -568,6 +631,10 @@ def cmd_buffers(args: argparse.Namespace) -> int:
     for flag in ("dataset", "method", "data_root", "device"):
         if getattr(args, flag) is not None:
             raise DistillBenchError(f"--{flag.replace('_', '-')} applies to 'buffers build' only")
+    if args.results:
+        from distillbench.harness import store
+
+        store.check_results_dir(args.results)  # an existing file is refused, not listed as "no buffers"
     where = _experts.buffers_location(args.results)
     entries = _experts.list_buffers(args.results)
     if not entries:

@@ -168,6 +168,22 @@ def _check_inputs(protocol: EvalProtocol, dset: DistilledSet, info: DatasetInfo)
     n = dset.x.shape[0]
     if n == 0:
         raise ValueError("the distilled set is empty; nothing to train on")
+    token_ids = info.modality == "text" and sample_shape == tuple(info.shape)
+    if token_ids:
+        if dset.x.is_floating_point() or dset.x.is_complex() or dset.x.dtype == torch.bool:
+            raise ValueError(f"a text set of shape [n, {info.shape[0]}] holds token ids: integers, got {dset.x.dtype}")
+    elif not dset.x.is_floating_point():
+        # Integer pixels (0-255 bytes, say) would be cast and trained on as if normalised: a silent wrong score.
+        raise ValueError(
+            f"samples must be floating point in the dataset's normalised space, got dtype {dset.x.dtype}; "
+            "save x as float32 (normalised with the dataset's mean and std)"
+        )
+    elif not bool(torch.isfinite(dset.x).all()):
+        bad = int((~torch.isfinite(dset.x)).sum())
+        raise ValueError(
+            f"{bad} of {dset.x.numel()} sample values are NaN or infinite (what a diverged distillation leaves); "
+            "distil the set again, e.g. with a lower learning rate"
+        )
     if dset.y.shape[0] != n:
         raise ValueError(f"the distilled set has {n} samples but {dset.y.shape[0]} labels")
     num_classes = info.num_classes
@@ -179,6 +195,8 @@ def _check_inputs(protocol: EvalProtocol, dset: DistilledSet, info: DatasetInfo)
             )
         if dset.y.is_complex() or not dset.y.is_floating_point():
             raise ValueError(f"soft labels must be floating point, got dtype {dset.y.dtype}")
+        if not bool(torch.isfinite(dset.y).all()):
+            raise ValueError("soft labels contain NaN or infinite values; distil the set again")
     elif dset.y.dim() == 1:
         if dset.y.is_floating_point() or dset.y.is_complex() or dset.y.dtype == torch.bool:
             raise ValueError(f"hard labels must be integers (int64), got dtype {dset.y.dtype}")

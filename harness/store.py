@@ -503,15 +503,21 @@ def check_writable(results: str | Path | Location) -> None:
         raise DistillBenchError(f"cannot write rows to {rows}: {problem}") from None
 
 
-def existing_trial_ids(results: str | Path | Location, *, status: Iterable[str] | None = None) -> set[str]:
-    """Trial ids that already have a row (optionally only rows with one of the given statuses)."""
+def existing_trial_ids(
+    results: str | Path | Location, *, status: Iterable[str] | None = None, on_bad: Any = None
+) -> set[str]:
+    """Trial ids that already have a row (optionally only rows with one of the given statuses).
+
+    A corrupt or foreign row file is skipped (passed to ``on_bad(path, reason)`` when given): its trial
+    counts as not done and runs again, which overwrites the file, so one bad file never blocks a resume.
+    """
     files = (location(results) / "rows").files(".parquet")
     if not files:
         return set()
     if status is None:
         return {f.name.removesuffix(".parquet") for f in files}
     wanted = set(status)
-    frame = read_rows([results], columns=["trial_id", "status"])
+    frame = read_rows([results], columns=["trial_id", "status"], on_bad=on_bad or (lambda path, reason: None))
     # A trial counts when every one of its rows (one per evaluation network) has a wanted status.
     done = frame.groupby("trial_id")["status"].agg(lambda s: set(s) <= wanted)
     return {str(t) for t, ok in done.items() if ok}
@@ -554,18 +560,47 @@ def read_rows(results: Iterable[str | Path | Location], *, columns: list[str] | 
                     f"({SCHEMA_VERSION}); upgrade distillbench to read it"
                 )
             table = table.select([c for c in COLUMN_NAMES if c in table.column_names])
-            tables.append(table.cast(pa.schema([SCHEMA.field(c) for c in table.column_names])))
+            table, reason = _conform(table)
+            if reason is not None:
+                if on_bad is None:
+                    raise DataError(f"{path}: {reason}")
+                on_bad(path, reason)
+                continue
+            tables.append(table)
     if not tables:
         frame = SCHEMA.empty_table().to_pandas()
     else:
         frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+    # Rows written before a column existed (an older schema version, or a writer that kept only the key
+    # columns) read it as null, so readers can index every schema column.
+    for name in columns if columns is not None else COLUMN_NAMES:
+        if name not in frame.columns:
+            frame[name] = None
     if columns is not None:
-        # Rows written before a column existed (an older schema version) read it as null.
-        for name in columns:
-            if name not in frame.columns:
-                frame[name] = None
         frame = frame[columns]
     return frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+
+
+def _conform(table: Any) -> tuple[Any, str | None]:
+    """``table`` cast to the row schema, or ``(table, reason)`` when a column cannot be one of our rows.
+
+    A cast alone is not enough: Arrow turns any number into a string, so an integer ``trial_id``
+    would become a row no grid ever looks up. Text columns must hold text, and the key columns
+    must have a value in every row.
+    """
+    for name in table.column_names:
+        expected, actual = SCHEMA.field(name).type, table.schema.field(name).type
+        text = pa.types.is_string(expected) or pa.types.is_large_string(expected)
+        if text and not (pa.types.is_string(actual) or pa.types.is_large_string(actual) or pa.types.is_null(actual)):
+            return table, f"column {name!r} holds {actual}, not text; not a distillbench row"
+    for name in ("trial_id", "status"):
+        if table.column(name).null_count:
+            return table, f"column {name!r} has empty values; not a distillbench row"
+    try:
+        return table.cast(pa.schema([SCHEMA.field(c) for c in table.column_names])), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return table, f"column types do not match the row schema ({first}); not a distillbench row"
 
 
 def copy_rows(results: str | Path | Location, dest: Path) -> Path:
@@ -618,7 +653,9 @@ def load_set(path: str | Path | Location) -> tuple[Any, dict[str, Any]]:
     """Load a set saved by :func:`save_set`: ``(DistilledSet, metadata)``; ``path`` may be a URI.
 
     Raises:
-        DataError: the file or its JSON metadata is missing or unreadable.
+        DataError: the file or its JSON metadata is missing or unreadable, the metadata is not a JSON
+            object, or x and y do not describe a set (no samples, or a label count other than the
+            sample count).
     """
     from safetensors.torch import load
 
@@ -639,8 +676,35 @@ def load_set(path: str | Path | Location) -> tuple[Any, dict[str, Any]]:
         raise DataError(f"cannot read distilled set {str(loc)!r}: {type(exc).__name__}: {exc}") from None
     if "x" not in tensors or "y" not in tensors:
         raise DataError(f"{str(loc)!r} is not a distilled set (tensors 'x' and 'y' missing)")
+    _check_set_file(str(loc), meta_loc.name, tensors["x"], tensors["y"], meta)
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
-    return DistilledSet(tensors["x"], tensors["y"], extras, dict(meta.get("set_meta", {}))), meta
+    return DistilledSet(tensors["x"], tensors["y"], extras, dict(meta.get("set_meta") or {})), meta
+
+
+def _check_set_file(where: str, meta_name: str, x: Any, y: Any, meta: Any) -> None:
+    """One-line ``DataError`` for a set file whose metadata or tensors cannot describe a distilled set.
+
+    Only what holds for every set is checked here (types and how x and y agree); whether the set fits a
+    dataset and a protocol is for the evaluator (``evaluate._check_inputs``), which knows the dataset.
+    """
+    if not isinstance(meta, dict):
+        raise DataError(
+            f"distilled set {where!r}: metadata {meta_name!r} holds a JSON {type(meta).__name__}, not an object; "
+            "write sets with 'distillbench distill --out' or a run"
+        )
+    if not isinstance(meta.get("set_meta") or {}, dict):
+        raise DataError(f"distilled set {where!r}: 'set_meta' in {meta_name!r} must be a JSON object")
+    if x.dim() < 2:
+        raise DataError(
+            f"distilled set {where!r}: x has shape {tuple(x.shape)}; it must be [n, *sample shape] with n >= 1"
+        )
+    if x.shape[0] == 0:
+        raise DataError(f"distilled set {where!r} is empty (x has shape {tuple(x.shape)}); nothing to evaluate")
+    if y.dim() not in (1, 2) or y.shape[0] != x.shape[0]:
+        raise DataError(
+            f"distilled set {where!r}: {x.shape[0]} samples but labels of shape {tuple(y.shape)}; y must be [n] "
+            f"(hard labels) or [n, classes] (soft labels) with n = {x.shape[0]}"
+        )
 
 
 def _with_suffix(loc: Location, suffix: str) -> Location:

@@ -151,7 +151,7 @@ def build_leaderboard(
     from distillbench.leaderboard.html import render_html
 
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    _check_out_dir(out_dir, create=False)  # refuse an existing file early; create only once the inputs are read
     result_dirs = [Path(p) for p in results]
     for path in result_dirs:
         if not path.is_dir():
@@ -193,6 +193,7 @@ def build_leaderboard(
         "filters": filters,
     }
     markdown = render_markdown(tables, cost=cost, provenance=provenance, **summary)
+    _check_out_dir(out_dir)
     markdown_path = out_dir / MARKDOWN_NAME
     csv_path = out_dir / CSV_NAME
     html_path = out_dir / HTML_NAME
@@ -259,11 +260,14 @@ def _failure_sort_key(failure: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 # ------------------------------------------------------------------------------------- files
-def _check_out_dir(out_dir: Path) -> None:
+def _check_out_dir(out_dir: Path, *, create: bool = True) -> None:
+    """Refuse an output path that is a file; with ``create``, make the directory (missing parents too)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DistillBenchError(
             f"leaderboard output {str(out_dir)!r} is an existing file; pass a directory (it is created when missing)"
         )
+    if not create:
+        return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -134,6 +134,8 @@ def load_reported(path: Path | None = None) -> list[ReportedNumber]:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise DataError(f"cannot read reported numbers {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"reported numbers {str(path)!r} are not UTF-8 text; pass a YAML file") from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"reported numbers {str(path)!r} are not valid YAML: {first}") from None
