@@ -126,9 +126,11 @@ class _TextDataset(Dataset):
         where = root / remote["into"]
         names = ", ".join(str(p) for p in missing)
         if not download:
+            # Only datasets with a recorded checksum can be fetched: never suggest a command that refuses.
+            fetch = f", or {_files.fix_hint(self.name, root)}" if remote["md5"] is not None else ""
             raise DataError(
                 f"dataset {self.name!r}: missing {names}; download {remote['url']} and place its files in "
-                f"{where}, or {_files.fix_hint(self.name, root)}"
+                f"{where}{fetch}"
             )
         if remote["md5"] is None:
             raise DataError(

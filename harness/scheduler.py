@@ -584,7 +584,9 @@ def run_grid(
 
 def _summarise(outcome: GridOutcome, where: store.Location, ids: list[str], progress: _Progress) -> GridOutcome:
     """Fill ``outcome`` from the rows of the trials this run scheduled (``ids``) and what the callbacks saw."""
-    rows = store.read_rows([where], columns=["trial_id", "status"])
+    # A corrupt or foreign row file was reported when the run started (and its trial, if in this grid,
+    # was run again); here it must not turn a finished grid into an error.
+    rows = store.read_rows([where], columns=["trial_id", "status"], on_bad=lambda path, reason: None)
     statuses = dict(zip(rows["trial_id"], rows["status"], strict=True))
     mine = [i for i in ids if i not in progress.elsewhere]
     outcome.ok = sum(1 for i in mine if statuses.get(i) == "ok")

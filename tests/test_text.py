@@ -229,8 +229,15 @@ class TestBadInput:
         assert "\n" not in str(info.value)
 
     def test_missing_files_name_path_and_address(self, tmp_path):
-        with pytest.raises(DataError, match="rt-polarity.neg.*cornell"):
+        with pytest.raises(DataError, match="rt-polarity.neg.*cornell") as info:
             load(fixture_spec("mr"), tmp_path)
+        # mr has no recorded checksum, so 'data fetch' would refuse: the hint must not suggest it.
+        assert "data fetch" not in str(info.value)
+
+    def test_missing_imdb_suggests_fetch(self, tmp_path):
+        """IMDB has a recorded checksum: the missing-files message offers 'distillbench data fetch imdb'."""
+        with pytest.raises(DataError, match="data fetch imdb"):
+            load(fixture_spec("imdb"), tmp_path)
 
     def test_glove_inconsistent_dimensions_names_file_and_line(self):
         with pytest.raises(DataError, match=r"glove_bad_dim\.txt, line 2"):
