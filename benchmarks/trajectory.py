@@ -51,15 +51,15 @@ def _vm(field: str) -> int:
     return 0
 
 
-def measure(config: dict, tesla: bool, iterations: int, threads: int) -> dict:
-    """Time ``iterations`` MTT iterations of one configuration in this process."""
+def _problem(config: dict, threads: int) -> tuple:
+    """One mtt iteration's inputs for ``config``, random: the gradient functions' arguments up to the generator."""
     import torch
 
     from distillbench.harness.augment import DSA
     from distillbench.harness.networks import build_network
     from distillbench.harness.seeding import torch_generator
     from distillbench.harness.types import DatasetInfo
-    from distillbench.methods._trajectory import FlatModel, _tesla_gradients, _unrolled_gradients
+    from distillbench.methods._trajectory import FlatModel
 
     torch.set_num_threads(threads)
     shape = tuple(config["shape"])
@@ -74,6 +74,16 @@ def measure(config: dict, tesla: bool, iterations: int, threads: int) -> dict:
     syn_lr = torch.tensor(0.01, requires_grad=True)
     batches = [torch.arange(n)] * config["syn_steps"]
     aug = DSA("color_crop_cutout_flip_scale_rotate")
+    return student, theta0, target, syn, syn_lr, [syn], lambda idx: labels[idx], batches, aug
+
+
+def measure(config: dict, tesla: bool, iterations: int, threads: int) -> dict:
+    """Time ``iterations`` MTT iterations of one configuration in this process."""
+    from distillbench.harness.seeding import torch_generator
+    from distillbench.methods._trajectory import _tesla_gradients, _unrolled_gradients
+
+    args = _problem(config, threads)
+    theta0 = args[1]
     gen = torch_generator(3)
     fn = _tesla_gradients if tesla else _unrolled_gradients
     with open("/proc/self/clear_refs", "w") as f:
@@ -82,7 +92,7 @@ def measure(config: dict, tesla: bool, iterations: int, threads: int) -> dict:
     times = []
     for _ in range(iterations):
         t0 = time.perf_counter()
-        loss, grads = fn(student, theta0, target, syn, syn_lr, [syn], lambda idx: labels[idx], batches, aug, gen)
+        loss, grads = fn(*args, gen)
         times.append(time.perf_counter() - t0)
         del loss, grads
     peak = _vm("VmHWM")
@@ -107,36 +117,12 @@ def agreement(config: dict, threads: int) -> dict:
     """
     import torch
 
-    from distillbench.harness.augment import DSA
-    from distillbench.harness.networks import build_network
     from distillbench.harness.seeding import torch_generator
-    from distillbench.harness.types import DatasetInfo
-    from distillbench.methods._trajectory import FlatModel, _tesla_gradients, _unrolled_gradients
+    from distillbench.methods._trajectory import _tesla_gradients, _unrolled_gradients
 
-    torch.set_num_threads(threads)
-    shape = tuple(config["shape"])
-    info = DatasetInfo("bench", "image", 10, shape, tuple(str(i) for i in range(10)))
-    net = build_network(f"convnet[width={config['width']}]", info, torch_generator(0))
-    student = FlatModel(net, [(n, tuple(p.shape)) for n, p in net.named_parameters()])
-    theta0 = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
-    target = theta0 + 0.01 * torch.randn(theta0.shape, generator=torch_generator(1))
-    n = 10 * config["ipc"]
-    syn = torch.randn((n, *shape), generator=torch_generator(2)).requires_grad_(True)
-    labels = torch.arange(10).repeat_interleave(config["ipc"])
-    syn_lr = torch.tensor(0.01, requires_grad=True)
-    args = (
-        student,
-        theta0,
-        target,
-        syn,
-        syn_lr,
-        [syn],
-        lambda idx: labels[idx],
-        [torch.arange(n)] * config["syn_steps"],
-    )
-    aug = DSA("color_crop_cutout_flip_scale_rotate")
-    _, exact = _unrolled_gradients(*args, aug, torch_generator(3))
-    _, tesla = _tesla_gradients(*args, aug, torch_generator(3))
+    args = _problem(config, threads)
+    _, exact = _unrolled_gradients(*args, torch_generator(3))
+    _, tesla = _tesla_gradients(*args, torch_generator(3))
     cos = torch.nn.functional.cosine_similarity(exact[0].flatten(), tesla[0].flatten(), dim=0)
     ratio = tesla[0].norm() / exact[0].norm()
     return {

@@ -22,8 +22,6 @@ from distillbench.harness import artefacts, store
 from distillbench.harness.errors import DistillBenchError
 from distillbench.harness.spec import load_grid_file
 
-from .test_storage import s3_endpoint  # noqa: F401  (the moto S3 fixture)
-
 PLUGIN = textwrap.dedent(
     '''
     """Trials that log each execution (imported by the driver and by every Ray worker)."""

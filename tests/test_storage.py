@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
-import socket
 import textwrap
 
 import pytest
@@ -15,8 +13,6 @@ from distillbench.harness import store
 from distillbench.harness.types import DistilledSet
 
 from .conftest import temp_plugin
-
-MOTO_MISSING = "moto[server] is not installed (pip install 'moto[server]', part of the test extra); S3 tests skipped"
 
 PLUGIN = textwrap.dedent(
     '''
@@ -31,40 +27,6 @@ PLUGIN = textwrap.dedent(
     )
     '''
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A moto S3 server on 127.0.0.1 (free port) with a bucket ``bench``; dummy credentials in the environment."""
-    server_mod = pytest.importorskip("moto.server", reason=MOTO_MISSING)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    with pytest.MonkeyPatch.context() as mp:
-        # Ray workers started by this process inherit these, and reach the same fake S3.
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        import pyarrow.fs as pafs
-
-        fs = pafs.S3FileSystem(
-            endpoint_override=f"127.0.0.1:{port}",
-            scheme="http",
-            region="us-east-1",
-            access_key="testing",
-            secret_key="testing",
-            allow_bucket_creation=True,
-        )
-        fs.create_dir("bench")
-        yield f"127.0.0.1:{port}"
-    server.stop()
 
 
 _COUNTER = iter(range(10**6))
