@@ -226,18 +226,49 @@ def _check_path_writable(path: Path | str, what: str) -> None:
         )
 
 
+def _dry_run(plan: Any, done: set[str]) -> None:
+    """List a grid's trials as they are resolved, then count them; keeps no trial, only counts.
+
+    The first line and the first trials appear at once (flushed), so a large grid shows its shape in a
+    second; the counts come last because they are known only when every trial has been resolved. An
+    invalid trial raises after the trials before it were listed; nothing is written either way.
+    """
+    from distillbench.harness.spec import trial_table
+
+    print(f"grid {plan.name!r}: {plan.combinations} combinations; listing each trial as it validates", flush=True)
+    total = finished = 0
+    flushed = time.monotonic()
+    for trial in plan.trials():
+        row = trial_table([trial])[0]
+        total += 1
+        state = "done" if row["trial_id"] in done else "pending"
+        finished += state == "done"
+        print(
+            f"  {row['trial_id']}  {state:7}  {row['dataset']}  {row['method']}  ipc={row['ipc']}  "
+            f"seed={row['seed']}  weighting={row['weighting']}  labels={row['labels']}  {row['protocol']}"
+        )
+        # Through a pipe stdout is block-buffered: flush the first line and then a few times a second.
+        if total == 1 or time.monotonic() - flushed > 0.25:
+            sys.stdout.flush()
+            flushed = time.monotonic()
+    print(f"grid {plan.name!r}: {total} trials, {total - finished} to run, {finished} done")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from distillbench.harness import store
-    from distillbench.harness.spec import load_grid_file, trial_table
+    from distillbench.harness.spec import open_grid_file
 
-    grid = load_grid_file(args.grid)
-    results = store.check_results_dir(args.results if args.results else Path("results") / grid.name)
-    data_root = _data_root(args.data_root, grid.data_root, base=Path(args.grid).resolve().parent)
+    plan = open_grid_file(args.grid)  # settings checked and trials counted (the cap), none resolved yet
+    # A real run resolves and validates every trial before anything else, so nothing is scheduled from a
+    # grid with a bad trial anywhere; --dry-run resolves them while it lists them.
+    grid = None if args.dry_run else plan.grid()
+    results = store.check_results_dir(args.results if args.results else Path("results") / plan.name)
+    data_root = _data_root(args.data_root, plan.data_root, base=Path(args.grid).resolve().parent)
     # --artefacts is relative to where the command runs, a grid's artefacts to the grid file (as data_root).
     artefacts = (
         _artefacts(args.artefacts, base=Path.cwd())
         if args.artefacts
-        else _artefacts(grid.artefacts, base=Path(args.grid).resolve().parent)
+        else _artefacts(plan.artefacts, base=Path(args.grid).resolve().parent)
     )
     _check_path_writable(results, "results")
     if isinstance(artefacts, Path):
@@ -248,21 +279,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"skipped {str(path).rsplit('/', 1)[-1]}: {reason} (its trial runs again)", file=sys.stderr)
 
     done = store.existing_trial_ids(results, status=("ok", "diverged"), on_bad=skip)
-    pending = [t for t in grid.trials if t.trial_id not in done]
-    if args.dry_run:
-        print(
-            f"grid {grid.name!r}: {len(grid.trials)} trials, {len(pending)} to run, "
-            f"{len(grid.trials) - len(pending)} done"
-        )
-        for row in trial_table(grid.trials):
-            state = "done" if row["trial_id"] in done else "pending"
-            print(
-                f"  {row['trial_id']}  {state:7}  {row['dataset']}  {row['method']}  ipc={row['ipc']}  "
-                f"seed={row['seed']}  weighting={row['weighting']}  labels={row['labels']}  {row['protocol']}"
-            )
+    if grid is None:
+        _dry_run(plan, done)
         shared = f"; cached artefacts (expert buffers, teachers) in {store.location(artefacts)}" if artefacts else ""
         print(f"results would go to {store.location(results)}{shared}; nothing was run or written (--dry-run)")
         return 0
+    pending = [t for t in grid.trials if t.trial_id not in done]
     from distillbench.harness.scheduler import run_grid
 
     print(
