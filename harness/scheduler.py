@@ -95,7 +95,6 @@ class GridOutcome:
     skipped: int
     ok: int = 0
     failed: int = 0
-    lost: int = 0
     interrupted: bool = False
     seconds: float = 0.0
     errors: list[str] = dataclasses.field(default_factory=list)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
 import torch
 
 
@@ -29,8 +28,3 @@ def torch_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gene
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
     return gen
-
-
-def numpy_generator(seed: int) -> np.random.Generator:
-    """A fresh numpy ``Generator`` seeded with ``seed``."""
-    return np.random.default_rng(int(seed))

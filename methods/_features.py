@@ -34,7 +34,6 @@ from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
 from distillbench.methods.base import DistillationMethod
 
-FeatureKind = Literal["pixels", "random", "trained"]
 FEATURE_KINDS: tuple[str, ...] = ("pixels", "random", "trained")
 
 _TRAIN_LR = 0.01

@@ -43,7 +43,7 @@ Deviations from the reference code, all deliberate:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +63,6 @@ from distillbench.methods._synthetic import init_synthetic
 if TYPE_CHECKING:
     from distillbench.methods.dc import DCParams
 
-DisMetric = Literal["ours", "mse", "cos"]
 DIS_METRICS: tuple[str, ...] = ("ours", "mse", "cos")
 
 #: ``ipc -> (outer_loop, inner_loop)`` of the DC reference code (``get_loops``).
