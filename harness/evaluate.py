@@ -46,7 +46,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from distillbench.harness import compiled, microbatch
+from distillbench.harness import compiled, microbatch, store
 from distillbench.harness.augment import DSA
 from distillbench.harness.batched import maybe_train_batched
 from distillbench.harness.errors import ConfigError, IncompatibleError
@@ -58,6 +58,8 @@ from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import DataBundle, DatasetInfo, DistilledSet, Split
 
 AUGMENTATIONS = ("dsa", "none")
+#: The row columns an :class:`EvalResult` fills, each from its attribute of the same name.
+RESULT_COLUMNS = store.column_names(family=("accuracy", "bias", "long_tail"))
 
 
 @dataclasses.dataclass

@@ -27,14 +27,15 @@ from collections.abc import Sequence
 
 import torch
 
+from distillbench.harness.store import column_names
 from distillbench.harness.types import Split
 
 FEW_CLASS_LIMIT = 20
 MANY_SHOT_MIN = 100  # more than this many training samples: many-shot (datasets with > 20 classes)
 FEW_SHOT_MAX = 20  # fewer than this many training samples: few-shot (datasets with > 20 classes)
 
-BIAS_COLUMNS = ("acc_aligned", "acc_conflicting", "acc_worst_group")
-SHOT_COLUMNS = ("acc_many", "acc_medium", "acc_few")
+BIAS_COLUMNS = column_names(family="bias")
+SHOT_COLUMNS = column_names(family="long_tail")
 
 
 def has_bias_groups(split: Split) -> bool:

@@ -477,20 +477,14 @@ def evaluate_set(
     network: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``dset`` under ``protocol`` (on ``network``, default its primary one); metric and cost columns."""
-    from distillbench.harness.evaluate import evaluate
-    from distillbench.harness.metrics import BIAS_COLUMNS, SHOT_COLUMNS
+    from distillbench.harness.evaluate import RESULT_COLUMNS, evaluate
 
     result = evaluate(protocol, dset, data, seed=seed, device=device, progress=progress, network=network)
     return {
-        "acc_mean": result.acc_mean,
-        "acc_std": result.acc_std,
-        "acc_per_model": list(result.acc_per_model),
-        "acc_per_class": list(result.acc_per_class),
-        "val_acc_mean": result.val_acc_mean,
+        **{name: getattr(result, name) for name in RESULT_COLUMNS},
         "eval_seconds": result.seconds,
         "n_eval_models": len(result.acc_per_model),
         "eval_network": result.network,
-        **{k: getattr(result, k) for k in (*BIAS_COLUMNS, *SHOT_COLUMNS)},
     }
 
 

@@ -46,95 +46,156 @@ _S = pa.string()
 _I = pa.int64()
 _TS = pa.timestamp("us", tz="UTC")
 
-# (name, type, meaning). Order is the column order of every row file.
-COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
-    # identity
-    ("trial_id", _S, "hash of the canonical, fully resolved trial spec"),
-    ("distill_id", _S, "hash of the part of the spec that determines the distilled set"),
-    ("grid", _S, "name of the grid that ran the trial"),
-    ("dataset", _S, "dataset display name with non-default parameters, e.g. digits"),
-    ("dataset_params", _S, "all dataset parameters as JSON"),
-    ("method", _S, "method display name with non-default parameters, e.g. dm[iterations=200]"),
-    ("method_name", _S, "bare method name, e.g. dm"),
-    ("method_params", _S, "all method parameters as JSON"),
-    ("weighting", _S, "weighting display name (none, kde[...])"),
-    ("labels", _S, "label stage display name (native, teacher, adsa)"),
-    ("ipc", _I, "samples per class asked for"),
-    ("seed", _I, "distillation seed; evaluation seeds derive from it"),
-    ("protocol", _S, "evaluation protocol name"),
-    ("protocol_version", _I, "evaluation protocol version"),
-    ("eval_network", _S, "network spec trained by the protocol"),
-    ("spec_json", _S, "the full resolved trial spec as canonical JSON"),
+GROUPS = ("identity", "metrics", "cost", "provenance", "status")
+# Finer sets inside a group that code selects together. accuracy, bias and long_tail are what an evaluation
+# measures (each an attribute of ``EvalResult`` of the same name); versions are the provenance the
+# leaderboard summarises.
+FAMILIES = ("accuracy", "bias", "long_tail", "versions")
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of the row schema.
+
+    Attributes:
+        name: the Parquet column name; fixed, because scripts and other tools read it.
+        type: the pyarrow type.
+        description: what the column holds.
+        group: one of :data:`GROUPS`.
+        label: what the leaderboard's CSV, HTML and Markdown headers show; the name when not given.
+        family: one of :data:`FAMILIES`, or None.
+    """
+
+    name: str
+    type: pa.DataType
+    description: str
+    group: str
+    label: str = ""
+    family: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS or (self.family is not None and self.family not in FAMILIES):
+            raise ValueError(f"column {self.name!r}: unknown group {self.group!r} or family {self.family!r}")
+        if not self.label:
+            object.__setattr__(self, "label", self.name)
+
+
+_identity = functools.partial(Column, group="identity")
+_metric = functools.partial(Column, group="metrics")
+_cost = functools.partial(Column, group="cost")
+_provenance = functools.partial(Column, group="provenance")
+_status = functools.partial(Column, group="status")
+
+# The one declaration of the row schema; everything else derives from it. Order is the column order of
+# every row file.
+COLUMNS: tuple[Column, ...] = (
+    _identity("trial_id", _S, "hash of the canonical, fully resolved trial spec"),
+    _identity("distill_id", _S, "hash of the part of the spec that determines the distilled set"),
+    _identity("grid", _S, "name of the grid that ran the trial"),
+    _identity("dataset", _S, "dataset display name with non-default parameters, e.g. digits"),
+    _identity("dataset_params", _S, "all dataset parameters as JSON"),
+    _identity("method", _S, "method display name with non-default parameters, e.g. dm[iterations=200]"),
+    _identity("method_name", _S, "bare method name, e.g. dm"),
+    _identity("method_params", _S, "all method parameters as JSON"),
+    _identity("weighting", _S, "weighting display name (none, kde[...])"),
+    _identity("labels", _S, "label stage display name (native, teacher, adsa)"),
+    _identity("ipc", _I, "samples per class asked for"),
+    _identity("seed", _I, "distillation seed; evaluation seeds derive from it"),
+    _identity("protocol", _S, "evaluation protocol name"),
+    _identity("protocol_version", _I, "evaluation protocol version"),
+    _identity("eval_network", _S, "network spec trained by the protocol"),
+    _identity("spec_json", _S, "the full resolved trial spec as canonical JSON"),
     # metrics (fractions in [0, 1]; null where they do not apply)
-    ("acc_mean", _F, "mean test accuracy over the K evaluation models"),
-    ("acc_std", _F, "std (ddof=0) of the test accuracy over the K models"),
-    ("acc_per_model", _LF, "test accuracy of each evaluation model"),
-    ("acc_per_class", _LF, "per-class test accuracy, averaged over the models"),
-    ("val_acc_mean", _F, "mean validation-split accuracy over the models"),
-    ("acc_aligned", _F, "accuracy on bias-aligned test samples (biased datasets)"),
-    ("acc_conflicting", _F, "accuracy on bias-conflicting test samples (biased datasets)"),
-    ("acc_worst_group", _F, "worst accuracy over (class, bias attribute) groups"),
-    ("acc_many", _F, "accuracy on many-shot classes (long-tailed data)"),
-    ("acc_medium", _F, "accuracy on medium-shot classes (long-tailed data)"),
-    ("acc_few", _F, "accuracy on few-shot classes (long-tailed data)"),
-    ("n_eval_models", _I, "K, the number of evaluation models"),
-    ("train_class_counts", _LI, "training samples per class of the real data"),
-    ("n_distilled", _I, "number of samples in the distilled set"),
-    ("soft_labels", pa.bool_(), "whether the distilled set carries soft labels"),
-    ("label_tau", _F, "logit-adjustment tau chosen by the adsa label stage (null for other label stages)"),
-    # cost
-    ("distill_seconds", _F, "wall time of distillation (0 when the set was reused)"),
-    (
+    _metric("acc_mean", _F, "mean test accuracy over the K evaluation models", family="accuracy"),
+    _metric("acc_std", _F, "std (ddof=0) of the test accuracy over the K models", family="accuracy"),
+    _metric("acc_per_model", _LF, "test accuracy of each evaluation model", family="accuracy"),
+    _metric("acc_per_class", _LF, "per-class test accuracy, averaged over the models", family="accuracy"),
+    _metric("val_acc_mean", _F, "mean validation-split accuracy over the models", family="accuracy"),
+    _metric(
+        "acc_aligned", _F, "accuracy on bias-aligned test samples (biased datasets)", label="Aligned", family="bias"
+    ),
+    _metric(
+        "acc_conflicting",
+        _F,
+        "accuracy on bias-conflicting test samples (biased datasets)",
+        label="Conflicting",
+        family="bias",
+    ),
+    _metric(
+        "acc_worst_group", _F, "worst accuracy over (class, bias attribute) groups", label="Worst group", family="bias"
+    ),
+    _metric("acc_many", _F, "accuracy on many-shot classes (long-tailed data)", label="Many", family="long_tail"),
+    _metric("acc_medium", _F, "accuracy on medium-shot classes (long-tailed data)", label="Medium", family="long_tail"),
+    _metric("acc_few", _F, "accuracy on few-shot classes (long-tailed data)", label="Few", family="long_tail"),
+    _metric("n_eval_models", _I, "K, the number of evaluation models"),
+    _metric("train_class_counts", _LI, "training samples per class of the real data"),
+    _metric("n_distilled", _I, "number of samples in the distilled set"),
+    _metric("soft_labels", pa.bool_(), "whether the distilled set carries soft labels"),
+    _metric("label_tau", _F, "logit-adjustment tau chosen by the adsa label stage (null for other label stages)"),
+    _cost("distill_seconds", _F, "wall time of distillation (0 when the set was reused)"),
+    _cost(
         "buffer_seconds",
         _F,
         "wall time this trial spent building the cached expert trajectories its method trains on (0 when they "
         "were reused, null for methods without them); included in distill_seconds",
     ),
-    ("eval_seconds", _F, "wall time of the evaluation"),
-    ("peak_memory_bytes", _I, "peak CUDA memory, or peak resident memory of the process during the trial (CPU)"),
-    ("device", _S, "device of the computation, e.g. cpu or cuda:0 (NVIDIA H100)"),
-    ("set_bytes", _I, "bytes of the distilled set's tensors"),
-    ("set_reused", pa.bool_(), "the set was loaded from the store instead of distilled again"),
-    ("set_path", _S, "path of the distilled set relative to the results directory"),
-    # provenance
-    ("package_version", _S, "distillbench version"),
-    ("git_sha", _S, "git commit of the code (with -dirty if modified), when known"),
-    ("torch_version", _S, "torch version"),
-    ("ray_version", _S, "ray version, when run under Ray"),
-    ("python_version", _S, "Python version"),
-    ("node", _S, "host name of the node that ran the trial"),
-    ("start_time", _TS, "trial start (UTC)"),
-    ("end_time", _TS, "trial end (UTC)"),
-    ("schema_version", _I, "version of this schema"),
-    # status
-    ("status", _S, "ok, error or diverged"),
-    ("error", _S, "error text when status is not ok"),
-    (
+    _cost("eval_seconds", _F, "wall time of the evaluation"),
+    _cost("peak_memory_bytes", _I, "peak CUDA memory, or peak resident memory of the process during the trial (CPU)"),
+    _cost("device", _S, "device of the computation, e.g. cpu or cuda:0 (NVIDIA H100)"),
+    _cost("set_bytes", _I, "bytes of the distilled set's tensors"),
+    _cost("set_reused", pa.bool_(), "the set was loaded from the store instead of distilled again"),
+    _cost("set_path", _S, "path of the distilled set relative to the results directory"),
+    _provenance("package_version", _S, "distillbench version", label="distillbench", family="versions"),
+    _provenance(
+        "git_sha",
+        _S,
+        "git commit of the code (with -dirty if modified), when known",
+        label="git sha",
+        family="versions",
+    ),
+    _provenance("torch_version", _S, "torch version", label="torch", family="versions"),
+    _provenance("ray_version", _S, "ray version, when run under Ray", label="ray", family="versions"),
+    _provenance("python_version", _S, "Python version", label="Python", family="versions"),
+    _provenance("node", _S, "host name of the node that ran the trial"),
+    _provenance("start_time", _TS, "trial start (UTC)"),
+    _provenance("end_time", _TS, "trial end (UTC)"),
+    _provenance("schema_version", _I, "version of this schema"),
+    _status("status", _S, "ok, error or diverged"),
+    _status("error", _S, "error text when status is not ok"),
+    _status(
         "effective_method_params",
         _S,
         "method parameters actually used, as JSON, when they differ from method_params (a smaller batch "
         "after running out of memory); null otherwise",
     ),
-    ("notes", _S, "what the harness changed while running the trial (an out-of-memory retry); null otherwise"),
+    _status("notes", _S, "what the harness changed while running the trial (an out-of-memory retry); null otherwise"),
 )
 
-SCHEMA = pa.schema([pa.field(name, tp) for name, tp, _ in COLUMNS])
-COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
-METRIC_COLUMNS = (
-    "acc_mean",
-    "acc_std",
-    "acc_per_model",
-    "acc_per_class",
-    "val_acc_mean",
-    "acc_aligned",
-    "acc_conflicting",
-    "acc_worst_group",
-    "acc_many",
-    "acc_medium",
-    "acc_few",
-)
+
+def columns(*, group: str | None = None, family: str | Iterable[str] | None = None) -> tuple[Column, ...]:
+    """The declared columns in row order, optionally only those of one group and of the given families.
+
+    Raises:
+        ValueError: an unknown group or family (a typo would otherwise select nothing).
+    """
+    families = (family,) if isinstance(family, str) else None if family is None else tuple(family)
+    unknown = ({group} - set(GROUPS) if group is not None else set()) | (set(families or ()) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown column group or family {sorted(unknown)}; groups {GROUPS}, families {FAMILIES}")
+    return tuple(
+        c for c in COLUMNS if (group is None or c.group == group) and (families is None or c.family in families)
+    )
+
+
+def column_names(*, group: str | None = None, family: str | Iterable[str] | None = None) -> tuple[str, ...]:
+    """The names of :func:`columns` (same arguments)."""
+    return tuple(c.name for c in columns(group=group, family=family))
+
+
+SCHEMA = pa.schema([pa.field(c.name, c.type) for c in COLUMNS])
+COLUMN_NAMES = column_names()
 STATUSES = ("ok", "error", "diverged")
-_TIME_COLUMNS = ("start_time", "end_time")
+_TIME_COLUMNS = tuple(c.name for c in COLUMNS if pa.types.is_timestamp(c.type))
 
 
 # ------------------------------------------------------------------------------------- locations

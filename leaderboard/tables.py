@@ -21,24 +21,16 @@ from typing import Any
 
 from distillbench.harness.errors import DistillBenchError
 from distillbench.harness.registry import natural_key
+from distillbench.harness.store import columns
 from distillbench.leaderboard.reported import ReportedNumber, match
 from distillbench.leaderboard.stats import ALPHA, MIN_SEEDS, Summary, seed_means, summarize, welch_p
 
 MISSING = "\u2013"  # en dash
 MARK = "\u2020"  # dagger: not significantly worse than the best of the column
-BIAS_METRICS = (("acc_aligned", "Aligned"), ("acc_conflicting", "Conflicting"), ("acc_worst_group", "Worst group"))
-
-
-LONGTAIL_METRICS = (("acc_many", "Many"), ("acc_medium", "Medium"), ("acc_few", "Few"))
-
-
-PROVENANCE_COLUMNS = (
-    ("package_version", "distillbench"),
-    ("git_sha", "git sha"),
-    ("torch_version", "torch"),
-    ("ray_version", "ray"),
-    ("python_version", "Python"),
-)
+# (column, header label) pairs, in row order, from the schema declaration (harness/store.py).
+BIAS_METRICS = tuple((c.name, c.label) for c in columns(family="bias"))
+LONGTAIL_METRICS = tuple((c.name, c.label) for c in columns(family="long_tail"))
+PROVENANCE_COLUMNS = tuple((c.name, c.label) for c in columns(family="versions"))
 
 
 # ------------------------------------------------------------------------------------- data model

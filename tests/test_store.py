@@ -70,9 +70,47 @@ class TestSchema:
         assert required <= names, f"missing columns: {sorted(required - names)}"
 
     def test_every_column_documented_once(self):
-        """Each column is declared exactly once, with a description."""
+        """Each column is declared exactly once, with a description, a group and a display label."""
         assert len(store.COLUMN_NAMES) == len(set(store.COLUMN_NAMES))
-        assert all(doc for _, _, doc in store.COLUMNS)
+        assert all(c.description and c.label and c.group in store.GROUPS for c in store.COLUMNS)
+        assert [c.group for c in store.COLUMNS] == sorted((c.group for c in store.COLUMNS), key=store.GROUPS.index)
+
+    def test_derived_lists_follow_the_declaration(self):
+        """SCHEMA, COLUMN_NAMES and the metric lists of metrics, evaluate and the leaderboard come from COLUMNS."""
+        from distillbench.harness import evaluate, metrics
+        from distillbench.leaderboard import markdown, tables
+
+        assert [(f.name, f.type) for f in store.SCHEMA] == [(c.name, c.type) for c in store.COLUMNS]
+        assert tuple(c.name for c in store.COLUMNS) == store.COLUMN_NAMES
+        declared = {c.name: c for c in store.COLUMNS}
+        assert metrics.BIAS_COLUMNS == ("acc_aligned", "acc_conflicting", "acc_worst_group")
+        assert metrics.SHOT_COLUMNS == ("acc_many", "acc_medium", "acc_few")
+        assert tuple((n, declared[n].label) for n in metrics.BIAS_COLUMNS) == tables.BIAS_METRICS
+        assert tuple((n, declared[n].label) for n in metrics.SHOT_COLUMNS) == tables.LONGTAIL_METRICS
+        assert [n for n, _ in tables.PROVENANCE_COLUMNS] == list(store.column_names(family="versions"))
+        assert set(metrics.BIAS_COLUMNS + metrics.SHOT_COLUMNS) <= set(markdown.CSV_COLUMNS)
+        assert all(declared[n].group == "metrics" for n in evaluate.RESULT_COLUMNS)
+
+    def test_eval_result_metrics_are_declared(self):
+        """Every EvalResult attribute named like a column is a declared metric that the runner copies into rows."""
+        import dataclasses
+
+        from distillbench.harness.evaluate import RESULT_COLUMNS, EvalResult
+
+        attributes = {f.name for f in dataclasses.fields(EvalResult)} | {
+            name for name, value in vars(EvalResult).items() if isinstance(value, property)
+        }
+        assert set(RESULT_COLUMNS) <= attributes
+        groups = {c.name: c.group for c in store.COLUMNS}
+        for name in attributes & set(store.COLUMN_NAMES):
+            assert groups[name] == "metrics" and name in RESULT_COLUMNS, name
+
+    def test_unknown_group_or_family_rejected(self):
+        """A misspelt group or family raises instead of selecting no columns."""
+        with pytest.raises(ValueError, match="unknown column group or family \\['metric'\\]"):
+            store.columns(group="metric")
+        with pytest.raises(ValueError, match="longtail"):
+            store.column_names(family="longtail")
 
     def test_unknown_column_rejected(self):
         """A row with a column outside the schema is a bug, reported by name."""
