@@ -436,7 +436,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         print("\r\033[K", end="", file=sys.stderr)
     for row in rows:  # one row per evaluation network of the protocol
         print(store.row_to_json(row) if args.json else _summary(row))
-    ok = all(r["status"] == "ok" for r in rows)
+    ok = store.trial_status(r["status"] for r in rows) == "ok"
     if out is not None and ok and not args.json:
         print(f"set: {out if out.suffix == '.safetensors' else out.with_suffix('.safetensors')}")
     return 0 if ok else 1
@@ -580,13 +580,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     frame = store.read_rows(
         [results], on_bad=lambda path, reason: skipped.append(f"{str(path).rsplit('/', 1)[-1]}: {reason}")
     )
-    # A trial's state is its worst row (one row per evaluation network).
-    rank = {"ok": 0, "diverged": 1, "error": 2}
+    by_trial: dict[str, list[dict[str, Any]]] = {}
+    for row in frame.to_dict("records"):  # one row per evaluation network
+        by_trial.setdefault(row["trial_id"], []).append(row)
     trials: dict[str, dict[str, Any]] = {}
-    for row in frame.to_dict("records"):
-        known = trials.get(row["trial_id"])
-        if known is None or rank.get(row["status"], 2) > rank.get(known["status"], 2):
-            trials[row["trial_id"]] = row
+    for trial_id, rows in by_trial.items():
+        status = store.trial_status(r["status"] for r in rows)
+        # Shown: the first row with the trial's status, whose error decided it.
+        shown = next((r for r in rows if r["status"] == status), rows[0])
+        trials[trial_id] = {**shown, "status": status}
     grids = [load_grid_file(path) for path in args.grid]
     for t in trials.values():
         if t.get("grid") is None:  # a row whose writer kept no grid column

@@ -164,7 +164,7 @@ def _trainable(config: dict[str, Any]) -> None:
             # Stop refreshing before reporting: the driver removes the claim once the row is written, and
             # a refresh after that must not leave it behind. If no row comes, the claim expires.
             claim.stop_heartbeat()
-    status = "ok" if all(r["status"] == "ok" for r in rows) else next(r["status"] for r in rows if r["status"] != "ok")
+    status = store.trial_status(r["status"] for r in rows)
     tune.report({"rows_json": store.rows_to_json(rows), "status": status})
 
 
@@ -199,10 +199,8 @@ class _RowWriter(tune.Callback):
             self._not_written(trial, expected, exc)
             return
         self._release(expected)
-        failed = [r for r in rows if r["status"] != "ok"]
-        self.progress.finished(
-            trial.trial_id, failed[0]["status"] if failed else "ok", failed[0]["error"] if failed else None
-        )
+        status = store.trial_status(r["status"] for r in rows)
+        self.progress.finished(trial.trial_id, status, next((r["error"] for r in rows if r["status"] == status), None))
 
     def _not_written(self, trial: Any, trial_id: str | None, exc: Exception) -> None:
         """A row that could not be written: stop the run if the store is full or read-only, else record it."""
@@ -585,8 +583,7 @@ def _summarise(outcome: GridOutcome, where: store.Location, ids: list[str], prog
     """Fill ``outcome`` from the rows of the trials this run scheduled (``ids``) and what the callbacks saw."""
     # A corrupt or foreign row file was reported when the run started (and its trial, if in this grid,
     # was run again); here it must not turn a finished grid into an error.
-    rows = store.read_rows([where], columns=["trial_id", "status"], on_bad=lambda path, reason: None)
-    statuses = dict(zip(rows["trial_id"], rows["status"], strict=True))
+    statuses = store.trial_statuses(where)
     mine = [i for i in ids if i not in progress.elsewhere]
     outcome.ok = sum(1 for i in mine if statuses.get(i) == "ok")
     outcome.failed = sum(

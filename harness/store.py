@@ -198,6 +198,31 @@ STATUSES = ("ok", "error", "diverged")
 _TIME_COLUMNS = tuple(c.name for c in COLUMNS if pa.types.is_timestamp(c.type))
 
 
+def trial_status(statuses: Iterable[str]) -> str:
+    """The status of a trial from the statuses of its rows (one row per evaluation network of its protocol).
+
+    The worst row decides: ``ok`` only if every row is ok, ``error`` if any row is error (or holds a status
+    this version does not know), else ``diverged``. Error outranks diverged because an error row means that
+    network has no result yet, so the trial must run again; a diverged row is a result. The order of the
+    rows never matters.
+
+    Raises:
+        ValueError: ``statuses`` is empty (a trial without rows has no status).
+
+    Example:
+        >>> trial_status(["ok", "diverged", "ok"])
+        'diverged'
+        >>> trial_status(["diverged", "error"])
+        'error'
+    """
+    seen = set(statuses)
+    if not seen:
+        raise ValueError("a trial without rows has no status")
+    if seen <= {"ok"}:
+        return "ok"
+    return "diverged" if seen <= {"ok", "diverged"} else "error"
+
+
 # ------------------------------------------------------------------------------------- locations
 @dataclasses.dataclass(frozen=True)
 class Location:
@@ -567,7 +592,7 @@ def check_writable(results: str | Path | Location) -> None:
 def existing_trial_ids(
     results: str | Path | Location, *, status: Iterable[str] | None = None, on_bad: Any = None
 ) -> set[str]:
-    """Trial ids that already have a row (optionally only rows with one of the given statuses).
+    """Trial ids that already have a row (optionally only trials whose :func:`trial_status` is one given).
 
     A corrupt or foreign row file is skipped (passed to ``on_bad(path, reason)`` when given): its trial
     counts as not done and runs again, which overwrites the file, so one bad file never blocks a resume.
@@ -578,10 +603,19 @@ def existing_trial_ids(
     if status is None:
         return {f.name.removesuffix(".parquet") for f in files}
     wanted = set(status)
+    return {t for t, s in trial_statuses(results, on_bad=on_bad).items() if s in wanted}
+
+
+def trial_statuses(results: str | Path | Location, *, on_bad: Any = None) -> dict[str, str]:
+    """The :func:`trial_status` of every trial with rows in ``results``, by trial id.
+
+    A corrupt or foreign row file is skipped (passed to ``on_bad(path, reason)`` when given).
+    """
     frame = read_rows([results], columns=["trial_id", "status"], on_bad=on_bad or (lambda path, reason: None))
-    # A trial counts when every one of its rows (one per evaluation network) has a wanted status.
-    done = frame.groupby("trial_id")["status"].agg(lambda s: set(s) <= wanted)
-    return {str(t) for t, ok in done.items() if ok}
+    by_trial: dict[str, list[str]] = {}
+    for trial_id, status in zip(frame["trial_id"], frame["status"], strict=True):
+        by_trial.setdefault(str(trial_id), []).append(status)
+    return {trial_id: trial_status(statuses) for trial_id, statuses in by_trial.items()}
 
 
 def read_rows(results: Iterable[str | Path | Location], *, columns: list[str] | None = None, on_bad: Any = None):  # noqa: ANN201

@@ -165,6 +165,17 @@ class TestRows:
         assert store.existing_trial_ids(tmp_path) == {"a", "b", "c"}
         assert store.existing_trial_ids(tmp_path, status=("ok", "diverged")) == {"a", "c"}
 
+    def test_trial_status_of_a_multi_row_trial(self, tmp_path):
+        """A trial with one row per network is ok only if all are; a mixed error/diverged trial is error and retried."""
+        store.write_rows(tmp_path, [row("a", eval_network=n) for n in ("convnet", "resnet")])
+        store.write_rows(tmp_path, [row("b", eval_network="convnet"), row("b", eval_network="mlp", status="diverged")])
+        mixed = [row("c", eval_network="convnet", status="diverged"), row("c", eval_network="mlp", status="error")]
+        store.write_rows(tmp_path, mixed)
+        store.write_rows(tmp_path, [row("d", eval_network="mlp", status="error"), row("d", eval_network="convnet")])
+        assert store.trial_statuses(tmp_path) == {"a": "ok", "b": "diverged", "c": "error", "d": "error"}
+        assert store.existing_trial_ids(tmp_path, status=("ok", "diverged")) == {"a", "b"}
+        assert store.existing_trial_ids(tmp_path, status=("ok",)) == {"a"}
+
     def test_several_directories(self, tmp_path):
         """Rows of several results directories read as one frame."""
         store.write_row(tmp_path / "one", row("a"))
@@ -224,3 +235,32 @@ class TestSets:
             store.load_set(path)
         with pytest.raises(DataError, match="does not exist"):
             store.load_set(tmp_path / "other.safetensors")
+
+
+class TestTrialStatus:
+    """store.trial_status: the one rule for a trial's status from its rows' statuses."""
+
+    @pytest.mark.parametrize(
+        ("statuses", "expected"),
+        [
+            (["ok"], "ok"),
+            (["ok", "ok", "ok"], "ok"),
+            (["diverged"], "diverged"),
+            (["ok", "diverged"], "diverged"),
+            (["diverged", "ok"], "diverged"),
+            (["error"], "error"),
+            (["ok", "error"], "error"),
+            (["diverged", "error"], "error"),
+            (["error", "diverged", "ok"], "error"),
+            (["ok", "unknown"], "error"),
+        ],
+    )
+    def test_worst_row_decides(self, statuses, expected):
+        """Ok only if every row is ok; error (or an unknown status) outranks diverged; row order never matters."""
+        assert store.trial_status(statuses) == expected
+        assert store.trial_status(reversed(statuses)) == expected
+
+    def test_no_rows_rejected(self):
+        """A trial without rows has no status."""
+        with pytest.raises(ValueError, match="without rows"):
+            store.trial_status([])
