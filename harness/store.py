@@ -597,11 +597,9 @@ def existing_trial_ids(
     A corrupt or foreign row file is skipped (passed to ``on_bad(path, reason)`` when given): its trial
     counts as not done and runs again, which overwrites the file, so one bad file never blocks a resume.
     """
-    files = (location(results) / "rows").files(".parquet")
-    if not files:
-        return set()
     if status is None:
-        return {f.name.removesuffix(".parquet") for f in files}
+        table = read_table([results], columns=["trial_id"], on_bad=on_bad or (lambda path, reason: None))
+        return set(table.column("trial_id").to_pylist())
     wanted = set(status)
     return {t for t, s in trial_statuses(results, on_bad=on_bad).items() if s in wanted}
 
@@ -611,69 +609,332 @@ def trial_statuses(results: str | Path | Location, *, on_bad: Any = None) -> dic
 
     A corrupt or foreign row file is skipped (passed to ``on_bad(path, reason)`` when given).
     """
-    frame = read_rows([results], columns=["trial_id", "status"], on_bad=on_bad or (lambda path, reason: None))
+    table = read_table([results], columns=["trial_id", "status"], on_bad=on_bad or (lambda path, reason: None))
     by_trial: dict[str, list[str]] = {}
-    for trial_id, status in zip(frame["trial_id"], frame["status"], strict=True):
-        by_trial.setdefault(str(trial_id), []).append(status)
+    for trial_id, status in zip(table.column("trial_id").to_pylist(), table.column("status").to_pylist(), strict=True):
+        by_trial.setdefault(trial_id, []).append(status)
     return {trial_id: trial_status(statuses) for trial_id, statuses in by_trial.items()}
 
 
 def read_rows(results: Iterable[str | Path | Location], *, columns: list[str] | None = None, on_bad: Any = None):  # noqa: ANN201
     """All rows of one or more results directories (local paths or URIs) as one pandas DataFrame.
 
+    Each trial's rows appear once per results directory (see :func:`latest_rows`), also while a
+    compaction runs.
+
     Args:
         results: results directories.
-        columns: subset of columns to read.
+        columns: subset of columns to read (only these are read from the files).
         on_bad: called as ``on_bad(path, reason)`` for an unreadable or foreign Parquet file, which
             is then skipped; without it such a file raises ``DataError``.
     """
     import pandas as pd
 
+    table = read_table(results, columns=columns, on_bad=on_bad)
+    frame = table.to_pandas()
+    # A column no row holds (files of an older writer lack it) reads as None, not as pandas' NaN, as it always did.
+    for name in table.column_names:
+        if table.column(name).null_count == table.num_rows:
+            frame[name] = None
+    return frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+
+
+# ---------------------------------------------------------------------------------- compaction
+# Small files are ``<trial_id>.parquet`` (one trial, written by a run); compacted files are
+# ``compacted-<uuid>.parquet`` (many trials, written by compact()). A trial id is a hex hash, so it never
+# starts with this prefix.
+COMPACTED_PREFIX = "compacted-"
+# Hidden column of compacted files: for each row, the stamp (store mtime, ns) of the small file it came
+# from. It orders copies of one trial (see latest_rows) and is never shown to readers.
+_STAMP = "_row_stamp"
+_FILE = "__filename"  # pyarrow.dataset's per-row source path
+_KEY_COLUMNS = ("trial_id", "status", "schema_version")
+_READ_SCHEMA = SCHEMA.append(pa.field(_STAMP, _I))
+_READ_ATTEMPTS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class _RowFile:
+    loc: Location
+    mtime_ns: int
+    compacted: bool
+
+
+@dataclasses.dataclass
+class Compaction:
+    """What :func:`compact` did.
+
+    Attributes:
+        compacted: the compacted file written, or None when there was nothing to merge.
+        merged_files: row files merged (small and older compacted ones).
+        removed_files: of those, the files removed afterwards (a small file rewritten meanwhile is kept).
+        trials: trials in the compacted file.
+        rows: rows in the compacted file.
+    """
+
+    compacted: Path | str | None = None
+    merged_files: int = 0
+    removed_files: int = 0
+    trials: int = 0
+    rows: int = 0
+
+
+class _Vanished(Exception):
+    """A listed row file was gone when read: a compaction removed it; list again."""
+
+
+def _list_row_files(rows: Location) -> list[_RowFile]:
+    infos = rows.fs.get_file_info(pafs.FileSelector(rows.path, allow_not_found=True))
+    return sorted(
+        (
+            _RowFile(rows / i.base_name, int(i.mtime_ns or 0), i.base_name.startswith(COMPACTED_PREFIX))
+            for i in infos
+            if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
+        ),
+        key=lambda f: f.loc.name,
+    )
+
+
+def latest_rows(table: Any) -> Any:
+    """``table`` with each trial's rows from one source only: the newest copy. The one dedup rule of every reader.
+
+    A trial can have several copies in one results directory: its compacted rows and its small file (a
+    reader that lists while a compaction removes the small files, or a trial re-run after it was
+    compacted), or two compacted files (two compactions at once). The copy with the newest stamp wins
+    (the store's modification time of the small file the rows were written to, kept through compactions),
+    then a small file over a compacted one (same stamp: the same write), then the later file name. Every
+    row of the winning copy is kept (one per evaluation network).
+
+    Args:
+        table: rows with the columns ``trial_id``, ``_row_stamp`` (int, not null) and ``__filename``.
+    """
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return table
+    names = table.column(_FILE)
+    is_small = pc.cast(pc.invert(pc.match_substring(names, "/" + COMPACTED_PREFIX)), pa.int8())
+    copies = (
+        pa.table(
+            {"trial_id": table.column("trial_id"), "stamp": table.column(_STAMP), "small": is_small, "file": names}
+        )
+        .group_by(["trial_id", "stamp", "small", "file"])
+        .aggregate([])
+        .to_pandas()
+    )
+    if not copies["trial_id"].duplicated().any():
+        return table  # the usual case: every trial in one file
+    copies = copies.sort_values(["trial_id", "stamp", "small", "file"], ascending=[True, False, False, False])
+    copies = copies.drop_duplicates("trial_id")
+    winners = pa.array([f"{t}\0{f}" for t, f in zip(copies["trial_id"], copies["file"], strict=True)])
+    keys = pc.binary_join_element_wise(table.column("trial_id"), names, "\0")
+    return table.filter(pc.is_in(keys, value_set=winners))
+
+
+def read_table(
+    results: Iterable[str | Path | Location],
+    *,
+    columns: list[str] | None = None,
+    on_bad: Any = None,
+    _internal: bool = False,
+) -> Any:
+    """The rows of one or more results directories as one ``pyarrow.Table``, each trial once per directory.
+
+    Each directory's ``rows/`` is listed once and its files are read together through ``pyarrow.dataset``
+    (in parallel, local or object store), only the columns asked for. Columns a file lacks (an older
+    writer) read as null. A file that a compaction removed between the listing and the read makes the
+    directory be listed and read again, so a reader never misses a row nor sees one twice.
+
+    Args:
+        results: results directories.
+        columns: the schema columns to return (all when None).
+        on_bad: called as ``on_bad(path, reason)`` for an unreadable or foreign Parquet file, which is then
+            skipped; without it such a file raises ``DataError``.
+
+    Raises:
+        DataError: a bad file and no ``on_bad``, or a row written by a newer schema version.
+    """
+    wanted = list(columns) if columns is not None else list(COLUMN_NAMES)
+    unknown = [c for c in wanted if c not in COLUMN_NAMES]
+    if unknown:
+        raise ValueError(f"unknown row columns {unknown}; the schema is declared in harness/store.py")
+    extra = [_STAMP, _FILE] if _internal else []
     tables = []
     for result_dir in results:
-        for file in (location(result_dir) / "rows").files(".parquet"):
-            path = file.native() if file.local else str(file)
+        rows = location(result_dir) / "rows"
+        for _ in range(_READ_ATTEMPTS):
+            bad: list[tuple[str, str]] = []
             try:
-                table = pq.read_table(pa.BufferReader(file.read_bytes()))
-            except Exception as exc:
-                reason = f"not a readable Parquet file ({type(exc).__name__}: {exc})"
-                if on_bad is None:
-                    raise DataError(f"{path}: {reason}") from None
-                on_bad(path, reason)
+                table = _scan(rows, _list_row_files(rows), wanted, bad)
+            except _Vanished:
                 continue
-            missing = [n for n in ("trial_id", "status", "schema_version") if n not in table.column_names]
-            if missing:
-                reason = f"not a distillbench row (missing columns {missing})"
-                if on_bad is None:
-                    raise DataError(f"{path}: {reason}")
-                on_bad(path, reason)
-                continue
-            version = max(table.column("schema_version").to_pylist() or [0])
-            if version > SCHEMA_VERSION:
-                raise DataError(
-                    f"{path}: row schema version {version} is newer than this distillbench understands "
-                    f"({SCHEMA_VERSION}); upgrade distillbench to read it"
-                )
-            table = table.select([c for c in COLUMN_NAMES if c in table.column_names])
-            table, reason = _conform(table)
-            if reason is not None:
-                if on_bad is None:
-                    raise DataError(f"{path}: {reason}")
-                on_bad(path, reason)
-                continue
-            tables.append(table)
+            break
+        else:
+            raise DataError(f"{rows}: row files kept disappearing while being read (compactions running?); try again")
+        for path, reason in bad:
+            if on_bad is None:
+                raise DataError(f"{path}: {reason}")
+            on_bad(path, reason)
+        tables.append(latest_rows(table).select(wanted + extra))
     if not tables:
-        frame = SCHEMA.empty_table().to_pandas()
+        return _READ_SCHEMA.empty_table().append_column(_FILE, pa.array([], _S)).select(wanted + extra)
+    return pa.concat_tables(tables)
+
+
+def _shown(loc: Location) -> Path | str:
+    return loc.native() if loc.local else str(loc)
+
+
+def _scan(rows: Location, files: list[_RowFile], wanted: list[str], bad: list[tuple[str, str]]) -> Any:
+    """Read ``files`` (one listing of ``rows``) as one table with ``wanted``, the key columns, stamp and file name.
+
+    Bad files are appended to ``bad`` as ``(path, reason)`` and left out. Raises ``_Vanished`` when a listed
+    file is gone.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    fmt = ds.ParquetFileFormat()
+    scan_columns = list(dict.fromkeys([*_KEY_COLUMNS, *wanted, _STAMP, _FILE]))
+    empty = _READ_SCHEMA.empty_table().append_column(_FILE, pa.array([], _S)).select(scan_columns)
+    if not files:
+        return empty
+
+    def footer(file: _RowFile) -> str | None:
+        # Only the footer: the schema checks of the old per-file reader, without reading the data.
+        try:
+            schema = fmt.make_fragment(file.loc.path, filesystem=rows.fs).physical_schema
+        except Exception as exc:
+            if not file.loc.exists():
+                raise _Vanished() from None
+            return f"not a readable Parquet file ({type(exc).__name__}: {exc})"
+        missing = [n for n in _KEY_COLUMNS if n not in schema.names]
+        if missing:
+            return f"not a distillbench row (missing columns {missing})"
+        known = pa.schema([f for f in schema if f.name in COLUMN_NAMES or f.name == _STAMP])
+        return _conform(known.empty_table().drop_columns([c for c in known.names if c == _STAMP]))[1]
+
+    with ThreadPoolExecutor(max_workers=min(32, len(files))) as pool:
+        reasons = list(pool.map(footer, files))
+    good = []
+    for file, reason in zip(files, reasons, strict=True):
+        if reason is None:
+            good.append(file)
+        else:
+            bad.append((_shown(file.loc), reason))
+
+    def read(group: list[_RowFile]) -> Any:
+        dataset = ds.FileSystemDataset.from_paths(
+            [f.loc.path for f in group], schema=_READ_SCHEMA, format=fmt, filesystem=rows.fs
+        )
+        return dataset.to_table(columns=scan_columns, use_threads=True)
+
+    try:
+        table = read(good) if good else empty
+    except Exception:
+        if any(not f.loc.exists() for f in good):
+            raise _Vanished() from None
+        # A file whose values do not fit the schema (the footer looked fine): find it, as the old reader did.
+        parts = []
+        for file in good:
+            try:
+                parts.append(read([file]))
+            except Exception as exc:
+                if not file.loc.exists():
+                    raise _Vanished() from None
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                bad.append(
+                    (_shown(file.loc), f"column types do not match the row schema ({first}); not a distillbench row")
+                )
+        table = pa.concat_tables([empty, *parts])
+    # Row-level checks on the whole table at once: empty keys make a file foreign; a newer schema is an error.
+    names = table.column(_FILE)
+    broken = pc.or_(pc.is_null(table.column("trial_id")), pc.is_null(table.column("status")))
+    if pc.any(broken).as_py():
+        by_path = {f.loc.path: f.loc for f in good}
+        for name in sorted(set(pc.filter(names, broken).to_pylist())):
+            rows_of_file = table.filter(pc.equal(names, name))
+            column = "trial_id" if rows_of_file.column("trial_id").null_count else "status"
+            bad.append((_shown(by_path[name]), f"column {column!r} has empty values; not a distillbench row"))
+        table = table.filter(pc.invert(pc.is_in(names, value_set=pc.filter(names, broken).unique())))
+        names = table.column(_FILE)
+    newest = pc.max(table.column("schema_version")).as_py()
+    if newest is not None and newest > SCHEMA_VERSION:
+        name = pc.filter(names, pc.greater(table.column("schema_version"), SCHEMA_VERSION))[0].as_py()
+        raise DataError(
+            f"{name}: row schema version {newest} is newer than this distillbench understands "
+            f"({SCHEMA_VERSION}); upgrade distillbench to read it"
+        )
+    # Rows of small files carry the file's stamp; compacted rows carry the one they were written with.
+    stamps = {f.loc.path: f.mtime_ns for f in good if not f.compacted}
+    if stamps:
+        from_file = pa.array([stamps.get(n, 0) for n in names.to_pylist()], _I)
+        table = table.set_column(
+            table.schema.get_field_index(_STAMP), _STAMP, pc.coalesce(table.column(_STAMP), from_file)
+        )
     else:
-        frame = pa.concat_tables(tables, promote_options="default").to_pandas()
-    # Rows written before a column existed (an older schema version, or a writer that kept only the key
-    # columns) read it as null, so readers can index every schema column.
-    for name in columns if columns is not None else COLUMN_NAMES:
-        if name not in frame.columns:
-            frame[name] = None
-    if columns is not None:
-        frame = frame[columns]
-    return frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+        table = table.set_column(table.schema.get_field_index(_STAMP), _STAMP, pc.fill_null(table.column(_STAMP), 0))
+    return table
+
+
+def compact(results: str | Path | Location, *, on_bad: Any = None) -> Compaction:
+    """Merge the row files of ``results`` into one compacted file, then remove the merged files.
+
+    Order keeps every row visible exactly once to any reader: the compacted file is written first
+    (atomically), and the small files go only afterwards; a reader that sees both keeps one copy of each
+    trial (:func:`latest_rows`). Older compacted files are merged too, so the folder ends with one. A small
+    file rewritten after it was read (its trial re-run meanwhile) is kept, and its newer rows win. Bad
+    files are skipped, reported through ``on_bad`` and kept. Runs may keep writing while this runs.
+
+    Raises:
+        DataError: a bad file and no ``on_bad``.
+        OSError: the compacted file cannot be written (nothing was removed then).
+    """
+    rows = location(results) / "rows"
+    files = _list_row_files(rows)
+    if len(files) < 2 and not any(not f.compacted for f in files):
+        return Compaction()
+    for _ in range(_READ_ATTEMPTS):
+        bad: list[tuple[str, str]] = []
+        try:
+            table = _scan(rows, files, list(COLUMN_NAMES), bad)
+            break
+        except _Vanished:
+            files = _list_row_files(rows)  # another compaction removed some: take its result as input
+    else:
+        raise DataError(f"{rows}: row files kept disappearing while being compacted (another compaction?); try again")
+    for path, reason in bad:
+        if on_bad is None:
+            raise DataError(f"{path}: {reason}")
+        on_bad(path, reason)
+    bad_paths = {str(p) for p, _ in bad}
+    merged = [f for f in files if str(_shown(f.loc)) not in bad_paths]
+    table = latest_rows(table)
+    out = table.select([*COLUMN_NAMES, _STAMP]).cast(_READ_SCHEMA)
+    target = rows / f"{COMPACTED_PREFIX}{uuid.uuid4().hex}.parquet"
+    if target.local:
+        atomic_write(Path(target.path), lambda tmp: pq.write_table(out, tmp, row_group_size=65536))
+    else:
+        sink = pa.BufferOutputStream()
+        pq.write_table(out, sink, row_group_size=65536)
+        target.write_bytes(sink.getvalue().to_pybytes())
+    removed = 0
+    for file in merged:
+        info = file.loc.fs.get_file_info(file.loc.path)
+        # A small file rewritten since it was read holds a re-run the compacted file lacks: keep it.
+        if not file.compacted and info.type == pafs.FileType.File and int(info.mtime_ns or 0) != file.mtime_ns:
+            continue
+        file.loc.delete()
+        removed += 1
+    return Compaction(
+        compacted=target.native(),
+        merged_files=len(merged),
+        removed_files=removed,
+        trials=len(set(out.column("trial_id").to_pylist())),
+        rows=out.num_rows,
+    )
 
 
 def _conform(table: Any) -> tuple[Any, str | None]:
