@@ -3,13 +3,14 @@
 Layout of a results directory::
 
     <results>/rows/<trial_id>.parquet       one row, schema SCHEMA (written atomically)
+    <results>/rows/compacted-<uuid>.parquet many trials' rows, merged by compact() (see latest_rows)
     <results>/sets/<distill_id>.safetensors the distilled set (x, y, extras)
     <results>/sets/<distill_id>.json        its metadata (spec, method, dataset, cost)
 
 The schema is declared once, here. Metric column names are fixed because scripts and other tools
 read them. Every write goes to a temporary file in the same directory and is renamed into place,
 so a crash never leaves half a row or half a set; rows are keyed by ``trial_id``, so writing the
-same trial twice replaces the row instead of duplicating it.
+same trial twice replaces the row instead of duplicating it (also after compaction: the newer copy wins).
 
 A results directory is a local path, an NFS path or an object-store URI (``s3://bucket/prefix``):
 every read and write goes through one :class:`Location` on a ``pyarrow.fs`` file system. On object
@@ -489,25 +490,41 @@ def write_row(results: str | Path | Location, values: Mapping[str, Any]) -> Path
 
 
 def row_stamps(results: str | Path | Location) -> dict[str, int | None]:
-    """The modification time (ns) of every trial's row file, by trial id: one listing of ``<results>/rows``.
+    """The stamp of every trial's rows, by trial id: the store's modification time (ns) of its row file.
 
     A scheduler compares a stamp taken when it started with one taken later to tell whether another run
-    wrote the trial's row meanwhile (the times are the store's, so no clocks are compared).
+    wrote the trial's row meanwhile (the times are the store's, so no clocks are compared). A compacted
+    trial keeps the stamp of the small file it came from, so a compaction in between changes no stamp.
     """
-    rows = location(results) / "rows"
-    infos = rows.fs.get_file_info(pafs.FileSelector(rows.path, allow_not_found=True))
-    return {
-        i.base_name.removesuffix(".parquet"): i.mtime_ns
-        for i in infos
-        if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
-    }
+    table = read_table([results], columns=["trial_id"], on_bad=lambda path, reason: None, _internal=True)
+    return dict(zip(table.column("trial_id").to_pylist(), table.column(_STAMP).to_pylist(), strict=True))
 
 
 def row_stamp(results: str | Path | Location, trial_id: str) -> int | None:
-    """The modification time (ns) of one trial's row file, or ``None`` if it has no row (see :func:`row_stamps`)."""
-    row = location(results) / "rows" / f"{trial_id}.parquet"
-    info = row.fs.get_file_info(row.path)
-    return info.mtime_ns if info.type == pafs.FileType.File else None
+    """The stamp of one trial's rows, or ``None`` if it has no row (see :func:`row_stamps`).
+
+    Its small file's time when there is one (newer than any compacted copy), else the stamp its compacted
+    rows carry: only the compacted files are read, and only their ``trial_id`` and stamp columns.
+    """
+    import pyarrow.dataset as ds
+
+    rows = location(results) / "rows"
+    info = rows.fs.get_file_info(f"{rows.path}/{trial_id}.parquet")
+    if info.type == pafs.FileType.File:
+        return info.mtime_ns
+    compacted = [f.loc.path for f in _list_row_files(rows) if f.compacted]
+    if not compacted:
+        return None
+    try:
+        dataset = ds.FileSystemDataset.from_paths(
+            compacted, schema=_READ_SCHEMA, format=ds.ParquetFileFormat(), filesystem=rows.fs
+        )
+        stamps = dataset.to_table(columns=[_STAMP], filter=ds.field("trial_id") == trial_id).column(_STAMP)
+    except (OSError, pa.ArrowException):
+        # A compacted file removed meanwhile (merged by another compaction) or unreadable: the full read
+        # re-lists and skips bad files.
+        return row_stamps(results).get(trial_id)
+    return max(stamps.to_pylist()) if len(stamps) else None
 
 
 # errno values after which no further write to the store can succeed: retrying, or writing the next
@@ -651,6 +668,7 @@ _FILE = "__filename"  # pyarrow.dataset's per-row source path
 _KEY_COLUMNS = ("trial_id", "status", "schema_version")
 _READ_SCHEMA = SCHEMA.append(pa.field(_STAMP, _I))
 _READ_ATTEMPTS = 8
+_SCAN_GROUP = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -831,24 +849,28 @@ def _scan(rows: Location, files: list[_RowFile], wanted: list[str], bad: list[tu
         )
         return dataset.to_table(columns=scan_columns, use_threads=True)
 
-    try:
-        table = read(good) if good else empty
-    except Exception:
-        if any(not f.loc.exists() for f in good):
-            raise _Vanished() from None
+    parts = [empty]
+    # In groups: a dataset scan holds about 150 KB per file until it ends (10,000 small files took 2 GB in
+    # one scan); groups of _SCAN_GROUP files keep that bounded and lose no parallelism.
+    for start in range(0, len(good), _SCAN_GROUP):
+        group = good[start : start + _SCAN_GROUP]
+        try:
+            parts.append(read(group).combine_chunks())
+            continue
+        except Exception:
+            if any(not f.loc.exists() for f in group):
+                raise _Vanished() from None
         # A file whose values do not fit the schema (the footer looked fine): find it, as the old reader did.
-        parts = []
-        for file in good:
+        for file in group:
             try:
                 parts.append(read([file]))
             except Exception as exc:
                 if not file.loc.exists():
                     raise _Vanished() from None
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                bad.append(
-                    (_shown(file.loc), f"column types do not match the row schema ({first}); not a distillbench row")
-                )
-        table = pa.concat_tables([empty, *parts])
+                reason = f"column types do not match the row schema ({first}); not a distillbench row"
+                bad.append((_shown(file.loc), reason))
+    table = pa.concat_tables(parts).combine_chunks()
     # Row-level checks on the whole table at once: empty keys make a file foreign; a newer schema is an error.
     names = table.column(_FILE)
     broken = pc.or_(pc.is_null(table.column("trial_id")), pc.is_null(table.column("status")))
@@ -879,7 +901,7 @@ def _scan(rows: Location, files: list[_RowFile], wanted: list[str], bad: list[tu
     return table
 
 
-def compact(results: str | Path | Location, *, on_bad: Any = None) -> Compaction:
+def compact(results: str | Path | Location, *, on_bad: Any = None, min_small_files: int = 1) -> Compaction:
     """Merge the row files of ``results`` into one compacted file, then remove the merged files.
 
     Order keeps every row visible exactly once to any reader: the compacted file is written first
@@ -888,13 +910,21 @@ def compact(results: str | Path | Location, *, on_bad: Any = None) -> Compaction
     file rewritten after it was read (its trial re-run meanwhile) is kept, and its newer rows win. Bad
     files are skipped, reported through ``on_bad`` and kept. Runs may keep writing while this runs.
 
+    Args:
+        results: the results directory.
+        on_bad: called as ``on_bad(path, reason)`` for a bad file; without it a bad file raises ``DataError``.
+        min_small_files: do nothing while fewer small files than this wait (every compaction rewrites the
+            compacted rows too, so compacting a few files after each small grid would rewrite a big store
+            again and again for a gain of milliseconds).
+
     Raises:
         DataError: a bad file and no ``on_bad``.
         OSError: the compacted file cannot be written (nothing was removed then).
     """
     rows = location(results) / "rows"
     files = _list_row_files(rows)
-    if len(files) < 2 and not any(not f.compacted for f in files):
+    small = sum(1 for f in files if not f.compacted)
+    if small < max(1, min_small_files) and (len(files) < 2 or min_small_files > 1):
         return Compaction()
     for _ in range(_READ_ATTEMPTS):
         bad: list[tuple[str, str]] = []
@@ -912,7 +942,8 @@ def compact(results: str | Path | Location, *, on_bad: Any = None) -> Compaction
     bad_paths = {str(p) for p, _ in bad}
     merged = [f for f in files if str(_shown(f.loc)) not in bad_paths]
     table = latest_rows(table)
-    out = table.select([*COLUMN_NAMES, _STAMP]).cast(_READ_SCHEMA)
+    # Sorted by trial id, so the row groups' statistics let a look-up of one trial (row_stamp) skip most.
+    out = table.select([*COLUMN_NAMES, _STAMP]).cast(_READ_SCHEMA).sort_by("trial_id")
     target = rows / f"{COMPACTED_PREFIX}{uuid.uuid4().hex}.parquet"
     if target.local:
         atomic_write(Path(target.path), lambda tmp: pq.write_table(out, tmp, row_group_size=65536))
