@@ -156,6 +156,14 @@ examples:
     )
     status.add_argument("results", help="a results directory or URI (s3://bucket/prefix)")
     status.add_argument("--grid", action="append", default=[], help="grid file(s): also count their pending trials")
+    compact = command(
+        "compact",
+        "Merge the small row files of a results directory into one compacted Parquet file (reads get faster).",
+        "distillbench compact results/quickstart",
+    )
+    compact.add_argument(
+        "results", nargs="?", default=".", help="a results directory or URI (s3://bucket/prefix); default: here"
+    )
     show = command(
         "show",
         "Print the sentences of a text set: token ids as words, embedding-space sentences as nearest words.",
@@ -567,6 +575,30 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from distillbench.harness import store
+
+    results = store.location(args.results)
+    if not (results / "rows").is_dir():
+        raise DistillBenchError(f"{str(results)!r} has no rows/ folder; pass the --results directory of a run")
+
+    def skip(path: Any, reason: str) -> None:
+        print(f"skipped {str(path).rsplit('/', 1)[-1]}: {reason} (left in place)", file=sys.stderr)
+
+    try:
+        done = store.compact(results, on_bad=skip)
+    except OSError as exc:
+        raise DistillBenchError(store.write_problem_message(results / "rows", exc)) from None
+    if done.compacted is None:
+        print(f"{results / 'rows'}: nothing to compact")
+    else:
+        print(
+            f"{done.merged_files} row files merged into {done.compacted} ({done.trials} trials, {done.rows} rows); "
+            f"{done.removed_files} removed"
+        )
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from collections import Counter
 
@@ -733,6 +765,7 @@ COMMANDS = {
     "leaderboard": cmd_leaderboard,
     "data": cmd_data,
     "status": cmd_status,
+    "compact": cmd_compact,
     "show": cmd_show,
     "buffers": cmd_buffers,
 }

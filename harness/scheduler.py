@@ -576,7 +576,27 @@ def run_grid(
         # once; a killed driver cannot do this, and its claims expire instead.
         _release_claims(where, [t.trial_id for t in pending], run_id)
     outcome.seconds = time.monotonic() - start
-    return _summarise(outcome, where, [t.trial_id for t in pending], progress)
+    return _compact(_summarise(outcome, where, [t.trial_id for t in pending], progress), where)
+
+
+# Small row files that make the end of a grid compact the store: below this, reading them costs a few
+# seconds at most, less than rewriting an already compacted store of a cluster's size after every small grid.
+AUTO_COMPACT_FILES = 1000
+
+
+def _compact(outcome: GridOutcome, where: store.Location) -> GridOutcome:
+    """Merge the store's small row files (the next read is faster); a failure is a note, never fatal."""
+    if outcome.stopped is not None:
+        return outcome  # the store takes no more writes: compacting would only fail again
+    try:
+        # Bad files were reported when the run started; here they are left in place again.
+        store.compact(where, on_bad=lambda path, reason: None, min_small_files=AUTO_COMPACT_FILES)
+    except Exception as exc:
+        outcome.notes.append(
+            f"compacting the rows under {where / 'rows'} failed ({type(exc).__name__}: {exc}); every row is kept "
+            f"as written, and 'distillbench compact {where}' merges them later"
+        )
+    return outcome
 
 
 def _summarise(outcome: GridOutcome, where: store.Location, ids: list[str], progress: _Progress) -> GridOutcome:
