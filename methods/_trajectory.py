@@ -127,6 +127,15 @@ class FlatExpertParams:
             raise ValueError(f"alpha must be a non-negative finite number, got {self.alpha}")
 
 
+@dataclasses.dataclass(frozen=True)
+class FlatTrajectoryParams(FlatExpertParams, TrajectoryParams):
+    """Trajectory matching on flat experts (``ftd``, ``datm``): MTT's parameters and GSAM's."""
+
+    def __post_init__(self) -> None:
+        TrajectoryParams.__post_init__(self)
+        FlatExpertParams.__post_init__(self)
+
+
 class TrajectoryMethod(DistillationMethod):
     """Base of the trajectory-matching methods: validation and the expert recipe from the parameters."""
 

@@ -35,11 +35,10 @@ from distillbench.harness.errors import ConfigError
 from distillbench.harness.plugins import register_method
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet
 from distillbench.methods._trajectory import (
-    FlatExpertParams,
+    FlatTrajectoryParams,
     LoopOptions,
     StartWindow,
     TrajectoryMethod,
-    TrajectoryParams,
     run_trajectory_matching,
 )
 from distillbench.methods.mtt import TINY_TRAJECTORY
@@ -50,7 +49,7 @@ def _field(default: Any, text: str) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class DATMParams(FlatExpertParams, TrajectoryParams):
+class DATMParams(FlatTrajectoryParams):
     """DATM hyperparameters, named as in its configuration files; defaults: CIFAR-10 IPC 10."""
 
     iterations: int = _field(10000, "updates of the synthetic set")
@@ -71,8 +70,7 @@ class DATMParams(FlatExpertParams, TrajectoryParams):
     threshold: float = _field(1.0, "skip the updates of an iteration whose matching loss exceeds this")
 
     def __post_init__(self) -> None:
-        TrajectoryParams.__post_init__(self)
-        FlatExpertParams.__post_init__(self)
+        super().__post_init__()
         if not 0 <= self.min_start_epoch < self.max_start_epoch:
             raise ValueError(
                 f"min_start_epoch must be in [0, max_start_epoch={self.max_start_epoch}), got {self.min_start_epoch}"

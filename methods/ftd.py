@@ -26,18 +26,17 @@ from typing import Any, ClassVar
 from distillbench.harness.plugins import register_method
 from distillbench.harness.types import Context, DataBundle, DistilledSet
 from distillbench.methods._trajectory import (
-    FlatExpertParams,
+    FlatTrajectoryParams,
     LoopOptions,
     StartWindow,
     TrajectoryMethod,
-    TrajectoryParams,
     run_trajectory_matching,
 )
 from distillbench.methods.mtt import TINY_TRAJECTORY
 
 
 @dataclasses.dataclass(frozen=True)
-class FTDParams(FlatExpertParams, TrajectoryParams):
+class FTDParams(FlatTrajectoryParams):
     """MTT's parameters, GSAM's ``rho``/``alpha`` for the experts, and the EMA of the images."""
 
     ema_decay: float = dataclasses.field(
@@ -45,8 +44,7 @@ class FTDParams(FlatExpertParams, TrajectoryParams):
     )
 
     def __post_init__(self) -> None:
-        TrajectoryParams.__post_init__(self)
-        FlatExpertParams.__post_init__(self)
+        super().__post_init__()
         if not (0.0 <= self.ema_decay < 1.0 and math.isfinite(self.ema_decay)):
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
