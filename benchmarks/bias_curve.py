@@ -9,7 +9,10 @@ protocol with the bias columns (aligned, conflicting, worst group).
 A snapshot at iteration n is the set DM returns when run for n iterations from the same seed
 (``tests/test_methods.py::TestTruncation``): DM has no schedule that depends on the total, each
 iteration's network comes from ``(seed, iteration)`` and its batches from one generator. (A grid
-trial ``dm[iterations=n]`` gets another seed, since trial seeds derive from the parameters.)
+trial ``dm[iterations=n]`` gets another seed, since trial seeds derive from the parameters.) Exactly
+so only in the same arithmetic: with ``DISTILLBENCH_COMPILE=auto`` a CPU run of 1,000 iterations or
+more compiles DM's embedding (issue 20) and a shorter one does not, and the two drift apart from
+rounding; set ``DISTILLBENCH_COMPILE=on`` (or ``off``) for both to compare sets exactly.
 
     python benchmarks/bias_curve.py --data-root ../shared/data/mnist-10k --at 0,200,1000,3000 \\
         --weighting kde --threads 1 --json > kde.json

@@ -14,6 +14,10 @@ loop around them:
   DSA from one seed (the parameters are drawn twice from that seed, once per batch, as the reference
   reseeds), each is embedded in its own forward pass (the real one detached afterwards), and the squared
   distance of the mean embeddings is summed over classes; one SGD step on the images.
+* :func:`dm_eager_before_issue20` is not a reference loop but a frozen copy of ``dm``'s own loop as it
+  was before issue 20 compiled its embedding (eager, channels-last, real side in micro-batches, one DSA
+  call for all classes): the baseline of ``run.py --ops dm_bias``, which times our current ``dm``
+  against it. With ``DISTILLBENCH_COMPILE=off`` today's ``dm`` still runs exactly this loop.
 * :func:`reference_dc_iteration` is one outer iteration of ``main.py --method DC``: a fresh network, then
   ``outer_loop`` times: for every class, the real and the synthetic gradient of the cross-entropy
   (``torch.autograd.grad``, the synthetic one with ``create_graph``), their layer-wise distance summed
@@ -29,9 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from distillbench.harness.augment import _apply, _draw, parse_strategy
-from distillbench.harness.networks import build_network
-from distillbench.harness.types import DatasetInfo
+from distillbench.harness import microbatch
+from distillbench.harness.augment import DSA, _apply, _draw, parse_strategy
+from distillbench.harness.networks import build_network, resolve_network
+from distillbench.harness.seeding import derive_seed, torch_generator
+from distillbench.harness.types import DataBundle, DatasetInfo
+from distillbench.methods._synthetic import init_synthetic
+from distillbench.methods.dm import _sample_real, mean_embedding_loss
 
 
 def reference_diffaug(x: torch.Tensor, strategy: str, seed: int, generator: torch.Generator) -> torch.Tensor:
@@ -129,6 +137,56 @@ def reference_dm_iteration(
     loss.backward()
     optimizer.step()
     return loss.item()
+
+
+def dm_eager_before_issue20(
+    data: DataBundle,
+    ipc: int,
+    *,
+    iterations: int,
+    batch_real: int,
+    network: str,
+    seed: int,
+    generator: torch.Generator,
+    weights: torch.Tensor | None = None,
+    lr_img: float = 1.0,
+    momentum: float = 0.5,
+) -> torch.Tensor:
+    """``dm``'s CPU loop as it was before issue 20 (frozen copy; ``init=real``, DSA on); returns the set.
+
+    Same draws as ``dm``'s ``distill`` with ``Context(seed=seed, generator=generator)``: the set equals
+    ``dm`` run with ``DISTILLBENCH_COMPILE=off`` exactly, and the compiled ``dm`` up to float rounding.
+    """
+    info = data.info
+    num_classes = info.num_classes
+    members = data.class_indices()
+    x_train = data.train.x.to(dtype=torch.float32)
+    syn, _ = init_synthetic(data, ipc, "real", generator, "dm", x_train=x_train)
+    syn.requires_grad_(True)
+    opt = torch.optim.SGD([syn], lr=lr_img, momentum=momentum)
+    aug = DSA(info.dsa_strategy)
+    factory = resolve_network(network)
+    real_groups = torch.arange(num_classes).repeat_interleave(batch_real)
+    syn_groups = torch.arange(num_classes).repeat_interleave(ipc)
+    for it in range(iterations):
+        net = factory.build(info, torch_generator(derive_seed(seed, "dm", "net", it)))
+        net = net.to(memory_format=torch.channels_last).requires_grad_(False)
+        net.train()
+        idx = _sample_real(members, batch_real, generator)
+        real, syn_in = aug.siamese([x_train[idx], syn], [real_groups, syn_groups], num_classes, generator)
+
+        def embed(x: torch.Tensor, net: torch.nn.Module = net) -> torch.Tensor:
+            return net.embed(x.contiguous(memory_format=torch.channels_last))
+
+        chunk = microbatch.chunk_size(net, real)
+        emb_real = microbatch.forward_no_grad(embed, real, chunk).flatten(1).view(num_classes, batch_real, -1)
+        emb_syn = embed(syn_in).flatten(1).view(num_classes, ipc, -1)
+        w = weights[idx].view(num_classes, batch_real) if weights is not None else None
+        loss = mean_embedding_loss(emb_real, emb_syn, w)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return syn.detach()
 
 
 def _match_loss(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> torch.Tensor:

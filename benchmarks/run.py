@@ -16,6 +16,14 @@ Operations (``--ops``):
   another; ours: the batched engine (:mod:`~distillbench.harness.batched`), all K in one vmapped step.
 * ``dm``: DM iterations (ConvNet-3, ``batch_real`` 256 per class, 10 classes, DSA, IPC 10). Baseline:
   per-class forward passes; ours: ``dm``'s ``distill`` (its setup time included).
+* ``dm_bias``: DM at the bias settings (issue 20): ``colored_mnist[conflict=0.05]`` (28x28x3), ConvNet-3
+  of width 32 or 128, ``batch_real`` 64 or 256 per class, IPC 10 or 50, DSA, sample weights (the
+  ``kde`` path; random weights, the arithmetic is the same). Baseline: ``dm``'s loop before issue 20,
+  frozen in ``reference_loops.dm_eager_before_issue20``; ours: ``dm``'s ``distill`` compiled
+  (``DISTILLBENCH_COMPILE=on``, what a run of 1,000 iterations or more gets; the compile is the untimed
+  first call, ``first_call_s``). Also reported: the largest difference between the two sets, and the
+  FLOP-bound limit (the convolution FLOPs of an iteration and this machine's time for those
+  convolutions alone, measured layer by layer at the iteration's shapes).
 * ``dc``: one DC iteration (fresh network, ``outer_loop`` image updates with ``inner_loop`` network
   epochs between them, IPC 10, batch_real 256). Baseline: per-class matching; ours: ``dc``'s ``distill``.
 * ``eval_agreement``: not a timing. K models trained on one IPC-10 set by the sequential and by the
@@ -30,6 +38,7 @@ tensors of MNIST's shape; the JSON says which.
 
     python benchmarks/run.py --quick --json
     python benchmarks/run.py --ops eval,dm --epochs 100 --repeats 5
+    python benchmarks/run.py --ops dm_bias --threads 1 --dm-iterations 3 --repeats 3
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -46,17 +56,20 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reference_loops import (  # noqa: E402
+    dm_eager_before_issue20,
     reference_dc_iteration,
     reference_dm_iteration,
     reference_train_eval_model,
 )
 
+from distillbench.harness import microbatch  # noqa: E402
 from distillbench.harness.batched import ENGINE_ENV, train_models_batched  # noqa: E402
 from distillbench.harness.compiled import COMPILE_ENV  # noqa: E402
 from distillbench.harness.evaluate import evaluate, train_on_set  # noqa: E402
@@ -66,7 +79,9 @@ from distillbench.harness.seeding import torch_generator  # noqa: E402
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet, Split  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-10k"
-OPS = ("eval", "eval_compiled", "eval_batched", "eval_agreement", "dm", "dc", "trial_overhead")
+OPS = ("eval", "eval_compiled", "eval_batched", "eval_agreement", "dm", "dm_bias", "dc", "trial_overhead")
+# dm_bias cells, width x batch_real x ipc: the CPU runs of docs/bias.md (width 32) and the paper's width 128.
+DM_BIAS_SETTINGS = "32x64x10,32x64x50,32x256x10,32x256x50,128x64x10,128x64x50,128x256x10,128x256x50"
 TRIVIAL = "bench-trivial"
 
 # The trivial trial's protocol: one tiny model, zero epochs (registered on import, so Ray workers that
@@ -303,6 +318,173 @@ def bench_dm(data: DataBundle, device: torch.device, iterations: int, repeats: i
     return out
 
 
+def load_colored(root: Path) -> tuple[DataBundle, str]:
+    """``colored_mnist[conflict=0.05]`` from ``root`` if MNIST is there, else random tensors of its shape."""
+    if (root / "MNIST" / "raw").is_dir():
+        configured = DATASETS.resolve("colored_mnist[conflict=0.05]")
+        dataset = configured.obj(configured.params)
+        dataset.prepare(root, download=False)
+        return dataset.load(root), f"colored_mnist[conflict=0.05] from {root}"
+    g = torch.Generator().manual_seed(0)
+    info = DatasetInfo("colored-mnist-shaped", "image", 10, (3, 28, 28), tuple(map(str, range(10))))
+    info = dataclasses.replace(info, dsa_strategy="color_crop_cutout_scale_rotate")
+    train = Split(torch.randn(7200, 3, 28, 28, generator=g), torch.arange(10).repeat_interleave(720))
+    empty = Split(torch.zeros(0, 3, 28, 28), torch.zeros(0, dtype=torch.long))
+    return DataBundle(info=info, train=train, val=empty, test=empty), "random tensors of colored MNIST's shape"
+
+
+def _best_of(fn: Callable[[], object], repeats: int) -> float:
+    """Best time of ``repeats`` calls of ``fn``, after one untimed call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def conv_floor(net_spec: str, info: DatasetInfo, n_real: int, n_syn: int, repeats: int = 5) -> dict[str, float]:
+    """Convolution FLOPs of one DM iteration and this machine's time for those convolutions alone.
+
+    Every conv layer of the network is timed on its own at the iteration's micro-batch shape (the
+    real side's ``microbatch.chunk_size``): its forward pass in NCHW and in NHWC (the faster one
+    counts), and its backward pass to the input (``output_mask`` input only: the synthetic images need
+    it, the frozen weights need no gradient). The real side needs the forward pass only. ``limit_s``
+    is the sum over layers at the measured rates: what an iteration would take if everything but the
+    convolutions were free.
+    """
+    from distillbench.harness.networks import build_network
+
+    net = build_network(net_spec, info, torch_generator(0)).requires_grad_(False)
+    x = torch.randn(n_real, *info.shape)
+    chunk = microbatch.chunk_size(net, x) or n_real
+    inputs: list[tuple[torch.nn.Conv2d, tuple[int, ...]]] = []
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [m.register_forward_hook(lambda mod, inp, _out: inputs.append((mod, inp[0].shape[1:]))) for m in convs]
+    with torch.no_grad():
+        net.embed(x[:1])
+    for h in hooks:
+        h.remove()
+
+    flops_per_sample = fwd_s = bwd_s = 0.0
+    for conv, shape in inputs:
+        inp = torch.randn(chunk, *shape)
+        with torch.no_grad():
+            out = conv(inp)
+        kh, kw = conv.kernel_size
+        flops_per_sample += 2.0 * out[0].numel() * (conv.in_channels // conv.groups) * kh * kw
+        layer_fwd, layer_bwd = [], []
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            i, w = inp.contiguous(memory_format=fmt), conv.weight.contiguous(memory_format=fmt)
+            g = torch.randn_like(out).contiguous(memory_format=fmt)
+            forward = functools.partial(
+                torch.nn.functional.conv2d, i, w, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+            )
+            backward = functools.partial(
+                torch.ops.aten.convolution_backward,
+                g,
+                i,
+                w,
+                None,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                False,
+                [0, 0],
+                conv.groups,
+                [True, False, False],
+            )
+            with torch.no_grad():
+                layer_fwd.append(_best_of(forward, repeats))
+                layer_bwd.append(_best_of(backward, repeats))
+        fwd_s += min(layer_fwd) / chunk
+        bwd_s += min(layer_bwd) / chunk
+    flops = flops_per_sample * (n_real + 2 * n_syn)  # the backward pass to the input costs what the forward does
+    limit = fwd_s * (n_real + n_syn) + bwd_s * n_syn
+    return {"gflop": round(flops / 1e9, 3), "limit_s": round(limit, 4), "gflops_per_s": round(flops / limit / 1e9, 1)}
+
+
+def _dm_bias_cell(
+    data: DataBundle,
+    device: torch.device,
+    iterations: int,
+    repeats: int,
+    width: int,
+    batch_real: int,
+    ipc: int,
+    weights: torch.Tensor,
+) -> dict[str, Any]:
+    """One dm_bias cell: the frozen pre-issue-20 loop vs ``dm`` compiled, side by side."""
+    net = f"convnet[width={width}]"
+    method = METHODS.resolve(f"dm[iterations={iterations},batch_real={batch_real},net={net}]")
+    sets: dict[str, Any] = {}
+
+    def baseline() -> None:
+        sets["baseline"] = dm_eager_before_issue20(
+            data,
+            ipc,
+            iterations=iterations,
+            batch_real=batch_real,
+            network=net,
+            seed=0,
+            generator=torch_generator(0),
+            weights=weights,
+        )
+
+    def ours() -> None:
+        ctx = Context(device=device, generator=torch_generator(0), seed=0, weights=weights)
+        out = method.obj(method.params).distill(data, ipc, ctx)
+        sets["ours"], sets["meta"] = out.x, out.meta
+
+    with environment(COMPILE_ENV, "on"):
+        start = time.perf_counter()
+        ours()
+        first_call = time.perf_counter() - start
+        out: dict[str, Any] = side_by_side(baseline, ours, repeats)
+    if not sets["meta"].get("compiled"):
+        out["warning"] = "dm did not compile (see the log): ours ran eagerly"
+    out["first_call_s"] = round(first_call, 2)
+    out["compile_s"] = sets["meta"].get("compile_seconds")
+    for key in ("baseline_s", "ours_s"):
+        out[f"{key[:-2]}_per_iteration_s"] = round(out[key] / iterations, 4)
+    out["max_abs_diff"] = float(f"{(sets['ours'] - sets['baseline']).abs().max().item():.3g}")
+    num_classes = data.info.num_classes
+    out["conv_floor"] = conv_floor(net, data.info, num_classes * batch_real, num_classes * ipc)
+    return out
+
+
+def bench_dm_bias(
+    data: DataBundle, device: torch.device, iterations: int, repeats: int, settings: str
+) -> dict[str, object]:
+    """DM at the bias settings: the frozen pre-issue-20 loop vs ``dm`` compiled, per (width, batch_real, ipc)."""
+    weights = torch.rand(len(data.train), generator=torch_generator(1))
+    cells: dict[str, dict[str, Any]] = {}
+    for cell in settings.split(","):
+        width, batch_real, ipc = (int(v) for v in cell.split("x"))
+        out = _dm_bias_cell(data, device, iterations, repeats, width, batch_real, ipc, weights)
+        cells[cell] = out
+        print(
+            f"  dm_bias width {width:3d} batch_real {batch_real:3d} ipc {ipc:2d}: "
+            f"{out['baseline_per_iteration_s']:.3f} -> {out['ours_per_iteration_s']:.3f} s/it "
+            f"(x{out['ratio']:.2f}), FLOP limit {out['conv_floor']['limit_s']:.3f} s/it, "
+            f"max |diff| {out['max_abs_diff']:.2g}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {
+        "cells": cells,
+        "baseline_s": round(sum(c["baseline_s"] for c in cells.values()), 4),
+        "ours_s": round(sum(c["ours_s"] for c in cells.values()), 4),
+        "ratio": min(c["ratio"] for c in cells.values()),
+        "setting": (
+            f"{iterations} DM iterations per cell (width x batch_real x ipc) on {data.info.name}, DSA "
+            f"{data.info.dsa_strategy}, random sample weights; baseline = dm before issue 20 (frozen copy), ours = dm "
+            "compiled, setup included; baseline_s/ours_s sum the cells, ratio is the smallest cell ratio"
+        ),
+    }
+
+
 def bench_dc(data: DataBundle, device: torch.device, outer: int, inner: int, repeats: int) -> dict[str, object]:
     """One DC iteration: reference per-class loop vs ``dc``'s ``distill`` with one iteration."""
     ipc, batch_real = 10, 256
@@ -435,7 +617,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=None, help="models for eval_batched (quick 2, else 4)")
     parser.add_argument("--trials", type=int, default=None, help="trivial trials (quick 10, else 20)")
     parser.add_argument("--ray", action="store_true", help="also time trivial trials through the Ray scheduler")
+    parser.add_argument(
+        "--dm-bias-settings",
+        default=None,
+        help=f"dm_bias cells, width x batch_real x ipc (default {DM_BIAS_SETTINGS}; quick: the two width-32, "
+        "batch-64 cells)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     ops = [op.strip() for op in args.ops.split(",") if op.strip()]
     unknown = [op for op in ops if op not in OPS]
@@ -452,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
 
     needs_data = {"eval", "eval_compiled", "eval_batched", "eval_agreement", "dm", "dc"} & set(ops)
     data, source = load_mnist(args.data_root) if needs_data else (None, "")
+    dm_bias_settings = args.dm_bias_settings or ("32x64x10,32x64x50" if args.quick else DM_BIAS_SETTINGS)
     report: dict[str, object] = {}
     for op in ops:
         if op == "eval":
@@ -464,6 +656,10 @@ def main(argv: list[str] | None = None) -> int:
             report[op] = bench_eval_agreement(data, device, epochs, k)
         elif op == "dm":
             report[op] = bench_dm(data, device, dm_iterations, repeats)
+        elif op == "dm_bias":
+            colored, colored_source = load_colored(args.data_root)
+            report[op] = bench_dm_bias(colored, device, dm_iterations, repeats, dm_bias_settings)
+            report[op]["data"] = colored_source
         elif op == "dc":
             report[op] = bench_dc(data, device, args.dc_outer, dc_inner, repeats)
         elif op == "trial_overhead":
@@ -484,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         "(trial_overhead: best of 5, after one warm-up)"
     )
     report["machine"] = machine(device)
+    report["threads"] = torch.get_num_threads()
     if args.json:
         print(json.dumps(report))
     return 0

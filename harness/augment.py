@@ -28,6 +28,8 @@ DSA's (for example brightness is multiplicative there), and DSA's exact families
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,23 @@ _SCALE = 1.2
 _ROTATE_DEG = 15.0
 _CROP_RATIO = 0.125
 _CUTOUT_RATIO = 0.5
+
+
+class FamilyGroup(NamedTuple):
+    """The batches of a K-batch draw that picked one family: their parameters, concatenated, and their rows.
+
+    ``rows`` indexes the flattened ``[K * n, ...]`` images (``None``: every batch picked this family).
+    """
+
+    family: str
+    params: dict[str, torch.Tensor]
+    rows: torch.Tensor | None
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> FamilyGroup:
+        """The group with its tensors on ``device``."""
+        params = {k: v.to(device, non_blocking=non_blocking) for k, v in self.params.items()}
+        rows = self.rows.to(device, non_blocking=non_blocking) if self.rows is not None else None
+        return FamilyGroup(self.family, params, rows)
 
 
 def parse_strategy(strategy: str) -> tuple[str, ...]:
@@ -157,6 +176,51 @@ class DSA:
         params = _draw(family, x.shape[0], x.shape[-1], generator, generator.device)
         return _apply(family, x, {k: v.to(x.device) for k, v in params.items()})
 
+    def draw_per_sample(self, n: int, size: int, generator: torch.Generator) -> tuple[str, dict[str, torch.Tensor]]:
+        """The family and per-sample parameters :meth:`per_sample` draws for ``n`` images of side ``size``.
+
+        Drawing apart from applying lets a caller draw ahead (a whole epoch of batches) on the host and
+        ship the draws to the device in one copy; the draws, and so the random stream, are unchanged.
+        """
+        family = self._pick_family(generator, generator.device)
+        return family, _draw(family, n, size, generator, generator.device)
+
+    def group_draws(self, draws: Sequence[tuple[str, dict[str, torch.Tensor]]], n: int) -> list[FamilyGroup]:
+        """The K draws of :meth:`draw_per_sample` (one per batch of ``n`` rows) gathered by family, on the host.
+
+        Args:
+            draws: for batch ``k`` (rows ``k * n`` to ``(k + 1) * n`` of the flattened ``[K * n, ...]`` images),
+                its family and parameters.
+            n: rows per batch.
+
+        Returns:
+            One :class:`FamilyGroup` per family that some batch picked, in :attr:`families` order.
+        """
+        picks = [family for family, _ in draws]
+        groups = []
+        for family in self.families:
+            members = [i for i, f in enumerate(picks) if f == family]
+            if not members:
+                continue
+            params = {key: torch.cat([draws[i][1][key].cpu() for i in members]) for key in draws[members[0]][1]}
+            rows = None
+            if len(members) < len(draws):
+                rows = torch.cat([torch.arange(i * n, (i + 1) * n) for i in members])
+            groups.append(FamilyGroup(family, params, rows))
+        return groups
+
+    @staticmethod
+    def apply_groups(x: torch.Tensor, groups: Sequence[FamilyGroup]) -> torch.Tensor:
+        """Apply :meth:`group_draws`' groups (their tensors already on ``x``'s device) to ``x`` ``[K, n, ...]``."""
+        flat = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+        result = flat
+        for group in groups:
+            if group.rows is None:
+                result = _apply(group.family, flat, group.params)
+            else:
+                result = result.index_put((group.rows,), _apply(group.family, flat[group.rows], group.params))
+        return result.view_as(x)
+
     def per_sample_many(self, x: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """:meth:`per_sample` for K batches at once: ``x[k]`` augmented with draws from ``generators[k]``.
 
@@ -173,26 +237,10 @@ class DSA:
         """
         if not self.families:
             return x
-        k, n = x.shape[0], x.shape[1]
-        picks, draws = [], []
-        for g in generators:
-            family = self._pick_family(g, g.device)
-            picks.append(family)
-            draws.append({key: v.cpu() for key, v in _draw(family, n, x.shape[-1], g, g.device).items()})
-        flat = x.reshape(k * n, *x.shape[2:])
-        result = flat
-        for family in self.families:
-            members = [i for i, f in enumerate(picks) if f == family]
-            if not members:
-                continue
-            params = {key: torch.cat([draws[i][key] for i in members]).to(x.device) for key in draws[members[0]]}
-            if len(members) == k:
-                result = _apply(family, flat, params)
-            else:
-                # Row indices are built on the host and copied over: no device-to-host synchronisation.
-                rows = torch.cat([torch.arange(i * n, (i + 1) * n) for i in members]).to(x.device)
-                result = result.index_put((rows,), _apply(family, flat[rows], params))
-        return result.view_as(x)
+        n = x.shape[1]
+        draws = [self.draw_per_sample(n, x.shape[-1], g) for g in generators]
+        # Row indices are built on the host and copied over: no device-to-host synchronisation.
+        return self.apply_groups(x, [group.to(x.device) for group in self.group_draws(draws, n)])
 
     def siamese(
         self,

@@ -7,10 +7,12 @@ starting with ``error:`` and exits with status 2, before anything is scheduled o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,6 +30,42 @@ class _Parser(argparse.ArgumentParser):
 
 def _fmt(text: str) -> str:
     return text.strip("\n")
+
+
+FOREIGN_FORMATS = "distillbench, dc-res, mtt, datm, image-folder, hf"  # harness/formats.py FORMATS; docs/formats.md
+
+
+def _format_arguments(parser: argparse.ArgumentParser, *, default: str) -> None:
+    """``--format``, ``--dataset`` and the declarations of a foreign set's values (docs/formats.md)."""
+    parser.add_argument(
+        "--format",
+        default=default,
+        help=f"the set's format: auto, {FOREIGN_FORMATS}; options as 'dc-res[experiment=0]' (default {default})",
+    )
+    parser.add_argument("--dataset", help="foreign formats: the dataset it is evaluated on, e.g. 'cifar10[zca=true]'")
+    parser.add_argument(
+        "--space", choices=["pixels", "normalised", "zca"], help="declare what the values are (default: detected)"
+    )
+    parser.add_argument("--mean", help="with --space normalised: the per-channel mean it used, e.g. 0.49,0.48,0.45")
+    parser.add_argument("--std", help="with --space normalised: the per-channel std it used")
+    parser.add_argument("--pixel-max", type=float, help="with --space pixels: the value of white, 1 or 255")
+    parser.add_argument(
+        "--skip-value-check", action="store_true", help="skip the check of the values' range and spread"
+    )
+
+
+def _declared(args: argparse.Namespace) -> Any:
+    """The declaration of a foreign set's values from the command line, or None when nothing was declared."""
+    from distillbench.harness import formats
+
+    declared = formats.Declared(
+        space=args.space,
+        mean=formats.parse_floats(args.mean, "--mean"),
+        std=formats.parse_floats(args.std, "--std"),
+        pixel_max=args.pixel_max,
+        check_values=not args.skip_value_check,
+    )
+    return declared if declared.anything or args.skip_value_check else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +122,14 @@ examples:
     run.add_argument(
         "--address", help="join a running Ray cluster ('auto' or host:port; default: $RAY_ADDRESS or local)"
     )
+    run.add_argument(
+        "--logger",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also log every trial to this tracker: tensorboard, mlflow or wandb (repeatable; adds to the grid's "
+        "loggers:)",
+    )
     run.add_argument("--dry-run", action="store_true", help="validate and list the trials; run and write nothing")
     run.add_argument("--no-leaderboard", action="store_true", help="do not rebuild the leaderboard at the end")
 
@@ -108,7 +154,11 @@ examples:
     distill.add_argument("dataset", help="dataset spec, e.g. digits")
     distill.add_argument("--ipc", type=int, required=True, help="samples per class")
     distill.add_argument("--seed", type=int, default=0, help="distillation seed (default 0)")
-    distill.add_argument("--protocol", default="convnet-v1", help="evaluation protocol (default convnet-v1)")
+    # None = not given: the default (convnet-v1) then comes with a cost warning on a CPU (harness/cpu_defaults.py).
+    distill.add_argument(
+        "--protocol",
+        help="evaluation protocol (default convnet-v1; without a GPU a warning says how long it takes)",
+    )
     distill.add_argument("--weighting", default="none", help="sample weighting (default none)")
     distill.add_argument("--labels", default="native", help="label stage (default native)")
     distill.add_argument("--data-root", help="dataset root")
@@ -120,8 +170,15 @@ examples:
         "Evaluate a saved distilled set under a protocol.",
         "distillbench evaluate results/quickstart/sets/0123abcd.safetensors --protocol quick-v1",
     )
-    evaluate.add_argument("set_file", help="a .safetensors file written by distill --out or by a run")
-    evaluate.add_argument("--protocol", default="convnet-v1", help="evaluation protocol (default convnet-v1)")
+    evaluate.add_argument(
+        "set_file", help="a .safetensors file written by distill --out or by a run, or another format's set (--format)"
+    )
+    _format_arguments(evaluate, default="distillbench")
+    # None = not given: the default (convnet-v1) then comes with a cost warning on a CPU (harness/cpu_defaults.py).
+    evaluate.add_argument(
+        "--protocol",
+        help="evaluation protocol (default convnet-v1; without a GPU a warning says how long it takes)",
+    )
     evaluate.add_argument("--seed", type=int, help="evaluation seed (default: the set's distillation seed)")
     evaluate.add_argument("--data-root", help="dataset root")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
@@ -186,60 +243,46 @@ examples:
     buffers.add_argument("--method", help="build: a trajectory-matching method spec, e.g. mtt or 'ftd[num_experts=20]'")
     buffers.add_argument("--data-root", help="build: dataset root")
     buffers.add_argument("--device", help="build: where experts train (default: the first CUDA device, else cpu)")
+    imported = command(
+        "import",
+        "Convert a set released in another repository's format into a distillbench set, checked against its dataset.",
+        "distillbench import res_DM_CIFAR10_ConvNet_10ipc.pt --format dc-res --dataset cifar10 --out dm10.safetensors",
+    )
+    imported.add_argument("set_file", metavar="PATH", help="the artefact: a file or folder (docs/formats.md)")
+    _format_arguments(imported, default="auto")
+    imported.add_argument("--out", required=True, help="the distillbench set to write (.safetensors + .json)")
+    imported.add_argument("--data-root", help="dataset root")
+    export = command(
+        "export",
+        "Write a set as a Hugging Face dataset folder: Parquet data, the set itself, and a dataset card.",
+        "distillbench export results/quickstart/sets/0123abcd.safetensors --out dm-digits-ipc10",
+    )
+    export.add_argument("set_file", help="a .safetensors set (written by distill --out, a run or import)")
+    export.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    export.add_argument("--results", help="results directory whose rows of the set go into the card (default: its own)")
+    export.add_argument("--data-root", help="dataset root (for statistics computed from the data, e.g. digits)")
+    push = command(
+        "push",
+        "Upload a set (or a folder written by export) to the Hugging Face Hub as a dataset repository.",
+        "distillbench push dm10.safetensors my-name/dm-digits-ipc10 --private",
+    )
+    push.add_argument("set_file", help="a .safetensors set, or a folder written by export")
+    push.add_argument("repo_id", help="the dataset repository, owner/name")
+    push.add_argument("--private", action="store_true", help="create the repository private (if it is new)")
+    push.add_argument("--token", help="hub token (default: $HF_TOKEN or the saved 'hf auth login')")
+    push.add_argument("--results", help="results directory whose rows of this set go into the card")
+    push.add_argument("--data-root", help="dataset root")
     return parser
 
 
 # ------------------------------------------------------------------------------------------ commands
-def _data_root(arg: str | None, grid_root: str | None = None, *, base: Path | None = None) -> Path:
-    from distillbench.harness.runner import default_data_root
-
-    if arg:
-        return Path(arg).expanduser().resolve()
-    if grid_root:
-        path = Path(grid_root).expanduser()
-        # A relative data_root in a grid file is relative to the grid file, not to the caller's cwd.
-        return (path if path.is_absolute() else (base or Path.cwd()) / path).resolve()
-    return default_data_root().resolve()
-
-
-def _artefacts(value: str | None, *, base: Path) -> Path | str | None:
-    """The shared artefact location of a run: a URI as it is, a local folder (relative to ``base``) checked."""
-    from distillbench.harness import store
-
-    if not value:
-        return None
-    if "://" not in value:
-        value = str(base / Path(value).expanduser())  # an absolute path stays absolute
-    return store.check_results_dir(value)
-
-
-def _check_path_writable(path: Path | str, what: str) -> None:
-    """Refuse a local output folder that could not be created or written, without writing anything.
-
-    Runs for ``--dry-run`` too, so a path that would fail after Ray started (a name longer than the file
-    system allows, a read-only or foreign folder) fails first, in one line.
-    """
-    if not isinstance(path, Path):
-        return  # a URI: check_results_dir has reached the store already
-    for part in path.parts:
-        if len(part.encode()) > 255:
-            raise DistillBenchError(
-                f"{what} path {str(path)!r} has a component of {len(part.encode())} bytes; file systems allow 255; "
-                "pass a shorter path"
-            )
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise DistillBenchError(
-            f"{what} path {str(path)!r} is not writable ({existing} does not allow it); pass a folder you can write"
-        )
-
-
-def _dry_run(plan: Any, done: set[str]) -> None:
+def _dry_run(plan: Any, done: set[str], results: Any = None) -> None:
     """List a grid's trials as they are resolved, then count them; keeps no trial, only counts.
 
     The first line and the first trials appear at once (flushed), so a large grid shows its shape in a
     second; the counts come last because they are known only when every trial has been resolved. An
-    invalid trial raises after the trials before it were listed; nothing is written either way.
+    invalid trial raises after the trials before it were listed; nothing is written either way. Tuned
+    blocks list their searches (how much of each budget ``results`` already holds) and final trials.
     """
     from distillbench.harness.spec import trial_table
 
@@ -259,28 +302,61 @@ def _dry_run(plan: Any, done: set[str]) -> None:
         if total == 1 or time.monotonic() - flushed > 0.25:
             sys.stdout.flush()
             flushed = time.monotonic()
+    searches = plan.searches() if plan.tunes else []
+    if searches:
+        _dry_run_searches(searches, results)
+        finals = sum(len(s.final_seeds) for s in searches)
+        print(
+            f"grid {plan.name!r}: {total} trials, {total - finished} to run, {finished} done; {len(searches)} searches "
+            f"and up to {finals} final trials"
+        )
+        return
     print(f"grid {plan.name!r}: {total} trials, {total - finished} to run, {finished} done")
 
 
+def _dry_run_searches(searches: list[Any], results: Any) -> None:
+    """The searches of tuned blocks: budget, what the rows already hold, and the final trials that follow."""
+    from distillbench.harness import tuning
+
+    states = tuning.read_states(results, searches) if results is not None else {}
+    for budget in dict.fromkeys(s.budget for s in searches):
+        amount = f"{budget.trials} search trials" if budget.trials is not None else f"{budget.text} of search trials"
+        print(f"tuned: up to {amount} per (dataset, method, ipc, weighting, labels), then final trials")
+    for search in searches:
+        state = states.get(search.tuning_id)
+        spent = f"{state.spent:g}" if state is not None else "0"
+        status = "done" if state is not None and state.finished else "pending"
+        seeds = ", ".join(str(s) for s in search.final_seeds)
+        base = search.base
+        print(
+            f"  search {search.tuning_id}  {status:7}  {base.dataset}  {base.method}  ipc={base.ipc}  "
+            f"weighting={base.weighting}  labels={base.labels}  {base.protocol}: {spent} of {search.budget.text} "
+            f"spent, {search.settings.search} search on tuning seed {search.tuning_seed}"
+        )
+        print(f"    then {len(search.final_seeds)} final trials with the chosen configuration (seeds {seeds})")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from distillbench.harness import store
+    from distillbench.harness import store, workflow
+    from distillbench.harness.progress import check_logger_packages, check_loggers
     from distillbench.harness.spec import open_grid_file
 
     plan = open_grid_file(args.grid)  # settings checked and trials counted (the cap), none resolved yet
+    loggers = check_loggers([*plan.loggers, *args.logger], "--logger" if args.logger else "loggers")
     # A real run resolves and validates every trial before anything else, so nothing is scheduled from a
     # grid with a bad trial anywhere; --dry-run resolves them while it lists them.
     grid = None if args.dry_run else plan.grid()
-    results = store.check_results_dir(args.results if args.results else Path("results") / plan.name)
-    data_root = _data_root(args.data_root, plan.data_root, base=Path(args.grid).resolve().parent)
-    # --artefacts is relative to where the command runs, a grid's artefacts to the grid file (as data_root).
-    artefacts = (
-        _artefacts(args.artefacts, base=Path.cwd())
-        if args.artefacts
-        else _artefacts(plan.artefacts, base=Path(args.grid).resolve().parent)
+    settings = workflow.run_settings(
+        plan,
+        base=Path(args.grid).resolve().parent,
+        results=args.results,
+        artefacts=args.artefacts,
+        data_root_arg=args.data_root,
     )
-    _check_path_writable(results, "results")
-    if isinstance(artefacts, Path):
-        _check_path_writable(artefacts, "artefacts")
+    results, artefacts = settings.results, settings.artefacts
+    # A logger whose package is missing (or MLflow without a place to write) stops here, before any work.
+    local = store.location(results)
+    check_logger_packages(loggers, results_dir=local.path if local.local else None, environ=os.environ)
 
     def skip(path: Any, reason: str) -> None:
         # Reported and skipped, as status and leaderboard do: its trial runs again and overwrites the file.
@@ -288,30 +364,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     done = store.existing_trial_ids(results, status=("ok", "diverged"), on_bad=skip)
     if grid is None:
-        _dry_run(plan, done)
+        _dry_run(plan, done, results)
         shared = f"; cached artefacts (expert buffers, teachers) in {store.location(artefacts)}" if artefacts else ""
         print(f"results would go to {store.location(results)}{shared}; nothing was run or written (--dry-run)")
         return 0
     pending = [t for t in grid.trials if t.trial_id not in done]
-    from distillbench.harness.scheduler import run_grid
-
     print(
         f"grid {grid.name!r}: {len(grid.trials)} trials ({len(pending)} to run, {len(grid.trials) - len(pending)} "
         f"already done) -> {store.location(results)}",
         flush=True,
     )
-    outcome = run_grid(
-        grid.trials,
-        results=results,
-        data_root=data_root,
-        grid_name=grid.name,
-        resources=grid.resources,
-        retries=grid.retries,
-        download=grid.download,
-        artefacts=artefacts,
-        address=args.address,
-        plugins=grid.plugins + tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in args.plugin),
-    )
+    if grid.searches:
+        print(f"tuned blocks: {len(grid.searches)} searches first, then their final trials with the grid", flush=True)
+    outcome = workflow.schedule(grid, settings, address=args.address, plugins=args.plugin, loggers=args.logger)
     print(
         f"finished in {outcome.seconds:.1f} s: {outcome.ok} ok, {outcome.failed} failed, "
         f"{outcome.skipped} skipped (already done), {outcome.pending} not run"
@@ -325,8 +390,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(f"rows: {store.location(results) / 'rows'}")
     if not args.no_leaderboard:
-        out = results / "leaderboard" if isinstance(results, Path) else Path("leaderboard") / grid.name
-        board = _build_board([results], out)
+        board = workflow.build_board([results], workflow.board_dir(results, grid.name))
         print(f"leaderboard: {board.markdown_path}")
         print(f"             {board.csv_path}")
         print(f"             {board.html_path}")
@@ -396,6 +460,12 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(message: str | None) -> None:
+    """One warning line on stderr (stdout stays the result, e.g. for --json)."""
+    if message:
+        print(message, file=sys.stderr, flush=True)
+
+
 def _summary(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return f"{row['status']}: {str(row.get('error') or '').strip().splitlines()[0]}"
@@ -407,8 +477,7 @@ def _summary(row: dict[str, Any]) -> str:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from distillbench.harness import store
-    from distillbench.harness.runner import run_trial
+    from distillbench.harness import cpu_defaults, store, workflow
     from distillbench.harness.spec import TrialSpec
 
     spec = TrialSpec(
@@ -418,129 +487,82 @@ def cmd_distill(args: argparse.Namespace) -> int:
         seed=args.seed,
         weighting=args.weighting,
         labels=args.labels,
-        protocol=args.protocol,
+        protocol=args.protocol or cpu_defaults.DEFAULT_PROTOCOL,
         grid="cli",
     )
-    resolved = spec.resolve()  # bad input fails here, before any work, with exit status 2
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and out.is_dir():
-        raise DistillBenchError(f"--out {str(out)!r} is a directory; pass a file name such as set.safetensors")
-    if out is not None:
-        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            raise DistillBenchError(f"--out {str(out)!r} is under {str(blocker)!r}, a file; pass a path in a folder")
-        _check_path_writable(out.parent, "--out")
-    data_root = _data_root(args.data_root)
-    # Missing data is the user's to fix: one line and status 2 now, not an error row after the set-up.
-    dataset = resolved.dataset.obj(resolved.dataset.params)
-    dataset.prepare(data_root, download=False)
+    _warn(cpu_defaults.distill_warning(spec, protocol_given=args.protocol is not None))
 
-    def progress(fraction: float, message: str) -> None:
-        if not args.json:
-            print(f"\r\033[K{100 * fraction:5.1f}% {message}", end="", file=sys.stderr, flush=True)
-
-    rows = run_trial(spec, data_root=data_root, set_path=out, progress=progress if sys.stderr.isatty() else None)
-    if sys.stderr.isatty() and not args.json:
-        print("\r\033[K", end="", file=sys.stderr)
+    # Bad input (names, parameters, --out, missing data) fails before any work, with exit status 2.
+    with _terminal_progress() as progress:
+        rows = workflow.distill_rows(spec, data_root_arg=args.data_root, out=args.out, progress=progress)
     for row in rows:  # one row per evaluation network of the protocol
         print(store.row_to_json(row) if args.json else _summary(row))
     ok = store.trial_status(r["status"] for r in rows) == "ok"
-    if out is not None and ok and not args.json:
-        print(f"set: {out if out.suffix == '.safetensors' else out.with_suffix('.safetensors')}")
+    if args.out is not None and ok and not args.json:
+        print(f"set: {workflow.saved_set_path(args.out)}")
     return 0 if ok else 1
 
 
-def _set_spec(set_file: str, meta: dict[str, Any], *, protocol: str | None = None) -> Any:
-    """The resolved trial a saved set's metadata describes; one-line ``DataError`` when it cannot be one."""
-    from distillbench.harness.errors import DataError
-    from distillbench.harness.spec import TrialSpec
-
-    raw = meta.get("spec")
-    if raw is None:
-        raise DataError(f"{set_file}: metadata has no 'spec'; was it written by distillbench?")
-    if not isinstance(raw, dict):
-        raise DataError(
-            f"{set_file}: metadata 'spec' is a JSON {type(raw).__name__}, not an object; write sets with "
-            "'distillbench distill --out' or a run"
-        )
-    missing = [key for key in ("dataset", "method", "ipc") if key not in raw]
-    if missing:
-        raise DataError(f"{set_file}: metadata 'spec' lacks {', '.join(missing)}; was it written by distillbench?")
-    spec = TrialSpec.from_dict({**raw, **({"protocol": protocol} if protocol else {})})
-    try:
-        return spec.resolve()
-    except DistillBenchError as exc:
-        raise type(exc)(f"{set_file}: metadata 'spec': {exc}") from None
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from distillbench.harness import store
-    from distillbench.harness.errors import DataError
-    from distillbench.harness.evaluate import _check_inputs
-    from distillbench.harness.plugins import PROTOCOLS
-    from distillbench.harness.runner import evaluate_set, load_data, pick_device
-    from distillbench.harness.spec import MAX_SEED, _check_int
+    from distillbench.harness import cpu_defaults, workflow
 
-    protocol = PROTOCOLS.resolve(args.protocol).obj
-    dset, meta = store.load_set(args.set_file)
-    resolved = _set_spec(args.set_file, meta, protocol=args.protocol)
-    spec = resolved.spec
-    try:
-        _check_inputs(protocol, dset, resolved.info)
-    except ValueError as exc:  # the set file does not fit its dataset or the protocol: the user's input
-        raise DataError(f"{args.set_file}: {exc}") from None
-    seed = _check_int(args.seed, "--seed", 0, MAX_SEED) if args.seed is not None else spec.seed
-    data = load_data(resolved, _data_root(args.data_root))
-    for network in protocol.networks:  # one result per evaluation network of the protocol
-        start = time.perf_counter()
-        metrics = evaluate_set(protocol, dset, data, seed=seed, device=pick_device(), network=network)
-        result = {
-            "set_file": str(args.set_file),
-            "dataset": resolved.dataset.display,
-            "method": resolved.method.display,
-            "ipc": spec.ipc,
-            "protocol": protocol.name,
-            "protocol_version": protocol.version,
-            "seed": seed,
-            **metrics,
-        }
-        if args.json:
-            print(json.dumps(result, sort_keys=True))
-        else:
-            print(
-                f"{result['method']} on {result['dataset']}, ipc {spec.ipc}, {protocol.id}, {network}: accuracy "
-                f"{100 * metrics['acc_mean']:.2f} ± {100 * metrics['acc_std']:.2f} % "
-                f"over {metrics['n_eval_models']} models ({time.perf_counter() - start:.1f} s)"
-            )
+    _warn(cpu_defaults.evaluate_warning(args.set_file, protocol_given=args.protocol is not None))
+    with _terminal_progress() as progress:
+        results = workflow.evaluate_rows(
+            args.set_file,
+            protocol=args.protocol or cpu_defaults.DEFAULT_PROTOCOL,
+            seed=args.seed,
+            data_root_arg=args.data_root,
+            progress=progress,
+            fmt=args.format,
+            dataset=args.dataset,
+            declared=_declared(args),
+        )
+        # one result per evaluation network of the protocol, printed as each is done
+        for network, result in results:
+            if progress is not None:
+                progress.close()  # the result line replaces the progress line
+            _print_evaluation(args, network, result)
     return 0
 
 
-def _build_board(results: list[Any], out: Path, **kwargs: Any) -> Any:
-    """Build the leaderboard; rows of remote results (URIs) are read into a local temporary copy first."""
-    import tempfile
+def _print_evaluation(args: argparse.Namespace, network: str, result: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(
+            f"{result['method']} on {result['dataset']}, ipc {result['ipc']}, {result['protocol']}@"
+            f"{result['protocol_version']}, {network}: accuracy {100 * result['acc_mean']:.2f} ± "
+            f"{100 * result['acc_std']:.2f} % over {result['n_eval_models']} models "
+            f"({result['eval_seconds']:.1f} s)"
+        )
 
-    from distillbench.harness import store
-    from distillbench.leaderboard import build_leaderboard
 
-    with tempfile.TemporaryDirectory(prefix="distillbench-rows-") as tmp:
-        dirs = []
-        for i, where in enumerate(results):
-            loc = store.location(where)
-            dirs.append(Path(loc.path) if loc.local else store.copy_rows(loc, Path(tmp) / str(i)))
-        return build_leaderboard(dirs, out, **kwargs)
+@contextlib.contextmanager
+def _terminal_progress() -> Iterator[Any]:
+    """A redrawn progress line on stderr when it is a terminal (phase, x/y, loss, elapsed), else None.
+
+    Nothing changes for logs and pipes; the line is cleared when the block ends, however it ends.
+    """
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from distillbench.harness.progress import TerminalLine
+
+    line = TerminalLine(sys.stderr)
+    try:
+        yield line
+    finally:
+        line.close()
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from distillbench.harness import store
+    from distillbench.harness import workflow
 
-    locations = [store.location(d) for d in args.results]
-    for given, loc in zip(args.results, locations, strict=True):
-        if not loc.is_dir():
-            shown = given.partition("?")[0]  # as typed, without a URI's options
-            raise DistillBenchError(f"results directory {shown!r} does not exist; pass the --results of a run")
+    locations = workflow.results_locations(args.results)
     first = locations[0]
     out = Path(args.out) if args.out else (Path(first.path) / "leaderboard" if first.local else Path("leaderboard"))
-    board = _build_board(
+    board = workflow.build_board(
         locations, out, grid=args.grid, dataset=args.dataset, protocol=args.protocol, reported=args.reported
     )
     for path, reason in board.skipped_files:
@@ -558,11 +580,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from distillbench.datasets.base import Dataset
+    from distillbench.harness import workflow
     from distillbench.harness.plugins import DATASETS
 
     configured = DATASETS.resolve(args.dataset)
     dataset = configured.obj(configured.params)
-    root = _data_root(args.data_root)
+    root = workflow.data_root(args.data_root)
     # A dataset that keeps the base class's no-op prepare() has no files to fetch (digits is embedded).
     if type(dataset).prepare is Dataset.prepare:
         print(f"{configured.name}: nothing to download (the data ships with the package)")
@@ -641,7 +664,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     errors = Counter(
         str(t.get("error") or "").strip().splitlines()[0] if t.get("error") else t["status"]
         for t in trials.values()
-        if t["status"] != "ok"
+        if t["status"] not in ("ok", "stopped")  # stopped: a search trial ASHA ended early, not a failure
     )
     if errors:
         print("\nerrors (most frequent first):")
@@ -656,14 +679,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     from distillbench.datasets._text import sentence_words
-    from distillbench.harness import store
+    from distillbench.harness import store, workflow
     from distillbench.harness.runner import load_data
 
     dset, meta = store.load_set(args.set_file)
-    resolved = _set_spec(args.set_file, meta)
+    resolved = workflow.set_spec(args.set_file, meta)
     if resolved.info.modality != "text":
         raise DistillBenchError(f"{args.set_file}: dataset {resolved.dataset.display!r} is not text; show needs text")
-    info = load_data(resolved, _data_root(args.data_root)).info
+    info = load_data(resolved, workflow.data_root(args.data_root)).info
     space = "token ids" if dset.x.dim() == 2 else "embedding space: nearest word by cosine at each position"
     print(f"{len(dset)} sentences of {resolved.dataset.display} by {resolved.method.display} ({space})")
     for i, words in enumerate(sentence_words(dset.x, info)):
@@ -716,7 +739,7 @@ def cmd_buffers(args: argparse.Namespace) -> int:
 def _build_buffer(args: argparse.Namespace) -> int:
     import torch
 
-    from distillbench.harness import store
+    from distillbench.harness import store, workflow
     from distillbench.harness.plugins import DATASETS, METHODS
     from distillbench.harness.runner import pick_device
     from distillbench.methods import _experts
@@ -739,7 +762,7 @@ def _build_buffer(args: argparse.Namespace) -> int:
         raise DistillBenchError(f"--device {args.device!r}: CUDA is not available here; use --device cpu")
     results = store.check_results_dir(args.results) if args.results else None
     dataset = dataset_cfg.obj(dataset_cfg.params)
-    root = _data_root(args.data_root)
+    root = workflow.data_root(args.data_root)
     dataset.prepare(root, download=False)
     data = dataset.load(root)
     recipe = method.expert_recipe(data.info)
@@ -759,6 +782,65 @@ def _build_buffer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from distillbench.harness import store, workflow
+    from distillbench.harness.formats import import_set
+
+    out = workflow.saved_set_path(args.out)
+    if out.exists() and out.is_dir():
+        raise DistillBenchError(f"--out {args.out!r} is a directory; pass a file name such as set.safetensors")
+    workflow.check_path_writable(out.parent, "--out")
+    dset, meta = import_set(
+        args.set_file,
+        args.format,
+        dataset=args.dataset,
+        declared=_declared(args),
+        data_root=workflow.data_root(args.data_root),
+    )
+    block = meta.get("imported")
+    if block is None:
+        raise DistillBenchError(f"{args.set_file} is already a distillbench set; copy its .safetensors and .json")
+    store.save_set(out.parent, out.stem, dset, meta)
+    labels = "soft labels" if dset.soft else "hard labels"
+    print(
+        f"imported {len(dset)} images ({meta['ipc']} per class, {labels}) of {meta['method']} for {meta['dataset']}: "
+        f"{block['space']['description']} ({block['space']['how']}); conversion: {block['conversion']}"
+    )
+    print(f"source sha256 {block['sha256']}")
+    print(f"set: {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from distillbench.harness import workflow
+    from distillbench.harness.hub import export_set
+
+    done = export_set(args.set_file, args.out, results=args.results, data_root=workflow.data_root(args.data_root))
+    for note in done.notes:
+        print(f"note: {note}", file=sys.stderr)
+    rows = f"{len(done.results)} result rows" if done.results else "no result rows"
+    print(f"exported to {done.folder} ({rows} in the card; load with datasets.load_dataset({str(done.folder)!r}))")
+    for name, digest in done.checksums.items():
+        print(f"  {name}  sha256 {digest}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from distillbench.harness import workflow
+    from distillbench.harness.hub import push
+
+    repo_url, commit_url = push(
+        args.set_file,
+        args.repo_id,
+        private=args.private,
+        token=args.token,
+        results=args.results,
+        data_root=workflow.data_root(args.data_root),
+    )
+    print(f"pushed to {repo_url} ({commit_url})")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "ls": cmd_ls,
@@ -771,6 +853,9 @@ COMMANDS = {
     "compact": cmd_compact,
     "show": cmd_show,
     "buffers": cmd_buffers,
+    "import": cmd_import,
+    "export": cmd_export,
+    "push": cmd_push,
 }
 
 

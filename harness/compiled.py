@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,25 +64,34 @@ def should_compile(device: torch.device, steps: int) -> bool:
 
 
 class _FirstCallFallback:
-    """Calls the compiled module; if its first call raises, warns and trains eagerly from then on."""
+    """Calls the compiled module (or function); if its first call raises, warns and runs eagerly from then on."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Callable[..., Any]) -> None:
         self.model = model
-        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = torch.compile(model)
+        self.compiled: Callable[..., Any] | None = torch.compile(model)
         self.tried = False
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, *args: Any) -> Any:
         if self.compiled is None:
-            return self.model(x)
+            return self.model(*args)
         if self.tried:
-            return self.compiled(x)
+            return self.compiled(*args)
         self.tried = True
         try:
-            return self.compiled(x)
+            return self.compiled(*args)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, say why
             log.warning("torch.compile failed (%s: %s); training this model eagerly", type(exc).__name__, exc)
             self.compiled = None
-            return self.model(x)
+            return self.model(*args)
+
+
+def first_call_fallback(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(fn)``, run eagerly instead (with a warning) if its first call fails to compile.
+
+    For the batched engine's vmapped loss (:mod:`~distillbench.harness.batched`, option ``compile``),
+    which compiles on any device; :func:`training_forward` decides for the sequential engine.
+    """
+    return _FirstCallFallback(fn)
 
 
 def training_forward(model: nn.Module, device: torch.device, steps: int) -> Callable[[torch.Tensor], torch.Tensor]:

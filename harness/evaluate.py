@@ -53,13 +53,14 @@ from distillbench.harness.errors import ConfigError, IncompatibleError
 from distillbench.harness.metrics import BIAS_COLUMNS, bias_metrics, has_bias_groups, is_long_tailed, shot_metrics
 from distillbench.harness.networks import build_network
 from distillbench.harness.params import parse_spec
+from distillbench.harness.progress import emit, takes_values
 from distillbench.harness.protocols import EvalProtocol, replays_set
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import DataBundle, DatasetInfo, DistilledSet, Split
 
 AUGMENTATIONS = ("dsa", "none")
 #: The row columns an :class:`EvalResult` fills, each from its attribute of the same name.
-RESULT_COLUMNS = store.column_names(family=("accuracy", "bias", "long_tail"))
+RESULT_COLUMNS = store.column_names(family=("accuracy", "validation", "bias", "long_tail"))
 
 
 @dataclasses.dataclass
@@ -220,6 +221,7 @@ def train_on_set(
     generator: torch.Generator,
     device: torch.device | str,
     network: str | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> nn.Module:
     """Train one freshly initialised network (``network``, default ``protocol.network``) on ``dset``.
 
@@ -232,6 +234,8 @@ def train_on_set(
             augmentation parameters are drawn from it in that order.
         device: where the model and the set live while training.
         network: network spec to train; defaults to the protocol's primary network.
+        progress: optional callback; one that takes ``**values`` gets ``epoch=`` and ``epochs=`` after each
+            epoch (fine events, :func:`distillbench.harness.progress.emit`).
 
     Returns:
         The trained model, on ``device``, in eval mode.
@@ -278,6 +282,14 @@ def train_on_set(
             optimizer.zero_grad(set_to_none=True)
             microbatch.backward_mean_loss(forward, xb, target, soft=soft, chunk=chunk)
             optimizer.step()
+        emit(
+            progress,
+            (epoch + 1) / protocol.epochs,
+            f"epoch {epoch + 1}/{protocol.epochs}",
+            fine=True,
+            epoch=epoch + 1,
+            epochs=protocol.epochs,
+        )
     return model.eval()
 
 
@@ -381,6 +393,23 @@ class Scorer:
         )
 
 
+def _model_progress(progress: Callable[..., None] | None, k: int, n_models: int) -> Callable[..., None] | None:
+    """The epoch events of model ``k`` (of ``n_models``) as events of the whole evaluation; None without a taker."""
+    if progress is None or not takes_values(progress):
+        return None  # two-argument callbacks get one event per model, not per epoch
+
+    def forward(fraction: float, message: str, **values: object) -> None:
+        progress(
+            (k + fraction) / n_models,
+            f"eval model {k + 1}/{n_models}, {message}",
+            model=k + 1,
+            models=n_models,
+            **values,
+        )
+
+    return forward
+
+
 def evaluate(
     protocol: EvalProtocol,
     dset: DistilledSet,
@@ -399,7 +428,8 @@ def evaluate(
         data: the real dataset; its test split gives the accuracies, its validation split ``val_acc``.
         seed: the trial seed; model ``k`` uses ``derive_seed(seed, "eval", protocol.name, protocol.version, k)``.
         device: where to train and test.
-        progress: optional callback ``(fraction_done, message)``, called after each model.
+        progress: optional callback ``(fraction_done, message)``, called after each model; one that also
+            takes ``**values`` gets ``model=``, ``models=`` and, after each epoch, ``epoch=``, ``epochs=``.
         network: which of ``protocol.networks`` to train (default: the primary one).
 
     Returns:
@@ -433,13 +463,27 @@ def evaluate(
     scorer = Scorer(data, device)
     seeds = [derive_seed(seed, "eval", protocol.name, protocol.version, k) for k in range(protocol.n_models)]
     models = maybe_train_batched(protocol, dset, info, seeds=seeds, device=device, network=network, progress=progress)
-    for k in range(protocol.n_models):
+    n_models = protocol.n_models
+    for k in range(n_models):
         if models is not None:
             model = models[k]
         else:
             generator = torch_generator(seeds[k], "cpu")
-            model = train_on_set(protocol, dset, info, generator=generator, device=device, network=network)
+            model = train_on_set(
+                protocol,
+                dset,
+                info,
+                generator=generator,
+                device=device,
+                network=network,
+                progress=_model_progress(progress, k, n_models),
+            )
         acc = scorer.add(model)
-        if progress is not None:
-            progress((k + 1) / protocol.n_models, f"eval model {k + 1}/{protocol.n_models}: test acc {acc:.4f}")
+        emit(
+            progress,
+            (k + 1) / n_models,
+            f"eval model {k + 1}/{n_models}: test acc {acc:.4f}",
+            model=k + 1,
+            models=n_models,
+        )
     return scorer.result(network, time.perf_counter() - start_time)

@@ -12,6 +12,10 @@ Two declarations on a parameter dataclass shape identity and validation:
   out while it holds its default, so adding an option never changes the id of a configuration that
   does not use it (results already on disk are still found and not re-run). A non-default value is
   included, so configurations that use the option get ids of their own.
+* A field whose default is ``"auto"`` may declare ``metadata={"auto": {"image": "lenet", "text": "textcnn"}}``:
+  the value ``auto`` stands for the entry of the dataset's modality. The trial resolver replaces it by
+  that value (:func:`resolve_auto`) before ids are hashed, so ``dd`` on digits keeps the id it had
+  when ``lenet`` was the literal default, and :func:`format_spec` shows these values as the default.
 * ``refused_params: ClassVar[dict[str, str]]`` names keys the plugin deliberately does not take,
   each with the message to show (``{owner}`` is replaced by e.g. ``dataset 'sst2'``); without it an
   unknown key gets the generic "unknown parameter" message.
@@ -271,6 +275,34 @@ def params_to_dict(params: Any) -> dict[str, Any]:
     return out
 
 
+AUTO = "auto"
+"""Field metadata key: ``{modality: value}`` that the value ``"auto"`` stands for (see the module docstring)."""
+
+
+def resolve_auto(params: Any, modality: str) -> Any:
+    """``params`` with every declared ``"auto"`` value replaced by its entry for ``modality``.
+
+    Fields without the declaration, and modalities the declaration does not name, keep their value
+    (the plugin's own validation then says what is missing). Returns ``params`` itself when nothing
+    changes.
+
+    Example:
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class P:
+        ...     net: str = dataclasses.field(default="auto", metadata={"auto": {"image": "lenet"}})
+        >>> resolve_auto(P(), "image").net
+        'lenet'
+    """
+    if not dataclasses.is_dataclass(params):
+        return params
+    changes = {
+        f.name: f.metadata[AUTO][modality]
+        for f in dataclasses.fields(params)
+        if AUTO in f.metadata and getattr(params, f.name) == "auto" and modality in f.metadata[AUTO]
+    }
+    return dataclasses.replace(params, **changes) if changes else params
+
+
 def format_value(value: Any) -> str:
     """A value as it is written inside a spec (round-trips through :func:`parse_spec`)."""
     if isinstance(value, bool):
@@ -285,7 +317,11 @@ def format_value(value: Any) -> str:
 
 
 def format_spec(name: str, params: Any) -> str:
-    """The display form of a configured plugin: only the parameters that differ from the defaults."""
+    """The display form of a configured plugin: only the parameters that differ from the defaults.
+
+    A value that a declared ``"auto"`` resolves to counts as the default: ``dd`` on digits resolves
+    ``net=auto`` to ``lenet`` and is still shown as ``dd``.
+    """
     if params is None:
         return name
     defaults = type(params)()
@@ -293,6 +329,7 @@ def format_spec(name: str, params: Any) -> str:
         f"{f.name}={format_value(getattr(params, f.name))}"
         for f in dataclasses.fields(params)
         if getattr(params, f.name) != getattr(defaults, f.name)
+        and getattr(params, f.name) not in f.metadata.get(AUTO, {}).values()
     ]
     return f"{name}[{','.join(sorted(changed))}]" if changed else name
 

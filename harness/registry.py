@@ -17,10 +17,10 @@ import importlib
 import importlib.metadata
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from distillbench.harness.errors import DistillBenchError, DuplicateNameError, UnknownNameError
+from distillbench.harness.errors import ConfigError, DistillBenchError, DuplicateNameError, UnknownNameError
 from distillbench.harness.params import NoParams, build_params, format_spec, parse_spec
 
 T = TypeVar("T")
@@ -264,10 +264,26 @@ class Registry(Generic[T]):
                 self.get(name)
 
     # ---------------------------------------------------------------------------------- configure
-    def resolve(self, spec: str) -> Configured:
-        """Parse ``name[key=value,...]`` and validate its parameters against the plugin's ``Params``."""
+    def resolve(self, spec: str, params: Mapping[str, Any] | None = None) -> Configured:
+        """Parse ``name[key=value,...]`` and validate its parameters against the plugin's ``Params``.
+
+        Args:
+            spec: ``name`` or ``name[key=value,...]``.
+            params: further parameters as Python values (``{"iterations": 10}``), checked and converted
+                exactly as the spec's strings are; a key may be given in ``spec`` or here, not in both.
+
+        Raises:
+            UnknownNameError: the name is unknown (the message lists close matches).
+            ConfigError: the spec is malformed, or a parameter is unknown, mistyped, out of range or
+                given twice.
+        """
         name, raw = parse_spec(spec)
         obj = self.get(name)
+        owner = f"{self.kind} {name!r}"
+        both = sorted(set(raw) & set(params or {}))
+        if both:
+            raise ConfigError(
+                f"parameter {both[0]!r} of {owner} is given twice: in {spec.strip()!r} and as a keyword; give it once"
+            )
         params_cls = getattr(obj, "Params", NoParams)
-        params = build_params(params_cls, raw, owner=f"{self.kind} {name!r}")
-        return Configured(self.kind, name, obj, params)
+        return Configured(self.kind, name, obj, build_params(params_cls, {**raw, **(params or {})}, owner=owner))

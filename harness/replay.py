@@ -40,6 +40,7 @@ from torch.func import functional_call
 from distillbench.harness.errors import ConfigError
 from distillbench.harness.evaluate import EvalResult, Scorer, _check_inputs
 from distillbench.harness.networks import build_network, resolve_network
+from distillbench.harness.progress import emit
 from distillbench.harness.protocols import FROM_SET, LEARNED_STEP_EXTRAS, EvalProtocol
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.types import DataBundle, DistilledSet
@@ -178,7 +179,8 @@ def replay(
         data: the real dataset; test accuracy on ``data.test``, validation accuracy on ``data.val``.
         seed: the trial seed (used for the K fresh initialisations of a random-init set).
         device: where to replay and test.
-        progress: optional callback ``(fraction_done, message)``, called after each model.
+        progress: optional callback ``(fraction_done, message)``, called after each model; one that also
+            takes ``**values`` gets ``model=`` and ``models=``.
         network: ``None``, an entry of ``protocol.networks`` (``"from-set"``) or the set's own network.
 
     Returns:
@@ -214,8 +216,13 @@ def replay(
             for name, param in model.named_parameters():
                 param.copy_(final[name])
         acc = scorer.add(model)
-        if progress is not None:
-            progress((k + 1) / n_models, f"replay model {k + 1}/{n_models}: test acc {acc:.4f}")
+        emit(
+            progress,
+            (k + 1) / n_models,
+            f"replay model {k + 1}/{n_models}: test acc {acc:.4f}",
+            model=k + 1,
+            models=n_models,
+        )
     return scorer.result(net, time.perf_counter() - start_time)
 
 

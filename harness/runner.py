@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import torch
 from distillbench.harness import store
 from distillbench.harness.checkpoint import Checkpointer
 from distillbench.harness.errors import DataError, DistillBenchError, DivergedError
+from distillbench.harness.progress import emit, in_phase
 from distillbench.harness.seeding import derive_seed, torch_generator
 from distillbench.harness.spec import ResolvedTrial, TrialSpec
 from distillbench.harness.types import Context, DataBundle, DistilledSet
@@ -225,6 +226,7 @@ def distill_set(
     cache_dir: Path | None = None,
     base: DistilledSet | None = None,
     results: Path | str | None = None,
+    probe: Any = None,
 ) -> DistilledSet:
     """Weighting, distillation and the label stage of one trial.
 
@@ -232,6 +234,8 @@ def distill_set(
     ``adsa`` relabel exactly the images of the ``native`` trial; ``base`` is that native set when
     it is already stored (then only the label stage runs). ``cache_dir`` is where teachers are kept,
     ``results`` the results directory whose cached artefacts (expert buffers) the method may share.
+    ``probe`` (``tuning.AshaSettings``) makes iterative methods report a cheap validation score of their
+    set at a few iterations (:mod:`~distillbench.harness.probe`); the set itself does not change.
     """
     native = _with_native_labels(resolved)
     seed = derive_seed(resolved.spec.seed, "distill", (native or resolved).distill_id)
@@ -245,6 +249,10 @@ def distill_set(
     )
     if checkpoint is not None:  # a Checkpointer: the method's loop resumes from it
         ctx.checkpoint = checkpoint
+    if probe is not None:
+        from distillbench.harness.probe import Probe
+
+        ctx.probe = Probe(probe.probes, probe.probe_epochs, data, resolved.protocol, seed=seed, device=device)
     if base is not None:
         dset = base
     else:
@@ -314,6 +322,8 @@ def run_trial(
     set_path: Path | None = None,
     progress: Callable[[float, str], None] | None = None,
     artefacts: Path | str | None = None,
+    networks: Sequence[str] | None = None,
+    probe: Any = None,
 ) -> list[dict[str, Any]]:
     """Distil and evaluate one trial; return its result rows (never raises for a failing trial).
 
@@ -327,10 +337,16 @@ def run_trial(
         device: computation device (default: CUDA if available, else CPU).
         reuse_sets: load an existing set with the same ``distill_id`` instead of distilling again.
         set_path: also save the set at this path (``.safetensors``, with ``.json`` metadata beside it).
-        progress: optional callback ``(fraction, message)``.
+        progress: optional callback ``(fraction, message)``; one that also takes ``**values`` gets each
+            event's numbers, with ``phase=`` ``load``, ``distill`` or ``evaluate`` (see
+            :mod:`~distillbench.harness.progress`).
         artefacts: where cached artefacts shared by trials live (``buffers/``, ``teachers/``); default
             ``results`` (then the user cache without one). Several grids pointed at one folder or URI
             reuse each other's expert buffers and teachers.
+        networks: evaluate on these of the protocol's networks only (default: every one of them).
+        probe: early-stopping probes for a search trial (``tuning.AshaSettings``): iterative methods report
+            the validation accuracy of a cheap evaluation of their set to ``progress`` (``probe``,
+            ``probe_val_acc``) at a few iterations; the set and the final evaluation are unchanged.
 
     Returns:
         One row per evaluation network of the protocol (one row for most protocols; a failure
@@ -359,6 +375,8 @@ def run_trial(
     try:
         resolved = spec.resolve()
         row.update(identity_columns(resolved))
+        # Each phase's events carry phase=load/distill/evaluate for callbacks that take values (live progress).
+        emit(in_phase(progress, "load"), 0.0, resolved.dataset.display, fine=True)
         data = load_data(resolved, data_root or default_data_root(), download=download)
         row["train_class_counts"] = data.train.class_counts(data.info.num_classes)
         dset, distill_seconds, reused = None, 0.0, False
@@ -372,15 +390,17 @@ def run_trial(
             native = _with_native_labels(resolved) if (results is not None and reuse_sets) else None
             found = store.find_set(results, native.distill_id) if native is not None else None
             base = store.load_set(found)[0] if found is not None else None
+            emit(in_phase(progress, "distill"), 0.0, "starting", fine=True)
             dset = _distill_or_shrink(
                 resolved,
                 data,
                 checkpoint=checkpoint,
                 device=device,
-                progress=progress,
+                progress=in_phase(progress, "distill"),
                 cache_dir=_teacher_dir(shared),
                 base=base,
                 results=shared,
+                probe=probe,
             )
             distill_seconds = time.perf_counter() - t0
             if results is not None:
@@ -408,12 +428,18 @@ def run_trial(
             set_path=store.set_relpath(resolved.distill_id) if (existing is not None and results is not None) else None,
         )
         rows = []
-        for network in resolved.protocol.networks:
+        for network in resolved.protocol.networks if networks is None else networks:
             rows.append(
                 {
                     **row,
                     **evaluate_set(
-                        resolved.protocol, dset, data, seed=spec.seed, device=device, progress=progress, network=network
+                        resolved.protocol,
+                        dset,
+                        data,
+                        seed=spec.seed,
+                        device=device,
+                        progress=in_phase(progress, "evaluate"),
+                        network=network,
                     ),
                     "status": "ok",
                 }
@@ -463,7 +489,17 @@ def identity_columns(resolved: ResolvedTrial) -> dict[str, Any]:
         ),
         "spec_json": json.dumps(resolved.canonical(), sort_keys=True),
         "n_eval_models": resolved.protocol.n_models,
+        # Which search a tuned trial belongs to and its role, on every row (error rows too); the other tuning
+        # columns come from the driver, which knows the search (harness/scheduler.py).
+        **_tuning_columns(resolved.spec.tuning),
     }
+
+
+def _tuning_columns(tuning: str | None) -> dict[str, Any]:
+    from distillbench.harness.tuning import parse_tuning
+
+    parsed = parse_tuning(tuning)
+    return {} if parsed is None else {"tuning_id": parsed[0], "tune_role": parsed[1]}
 
 
 def evaluate_set(

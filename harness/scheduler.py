@@ -28,6 +28,7 @@ import dataclasses
 import datetime as dt
 import ipaddress
 import logging
+import math
 import os
 import signal
 import socket
@@ -38,7 +39,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from distillbench.harness import artefacts, store
+from distillbench.harness import artefacts, store, tuning
+from distillbench.harness.errors import DistillBenchError
+from distillbench.harness.progress import Event, LiveTrials, TrialReporter, fit, from_report, trial_label
+from distillbench.harness.progress import format_clock as _clock
 from distillbench.harness.spec import ResolvedTrial
 
 # Ray reads these when it is imported or initialised: quiet output, no usage reporting by default.
@@ -49,9 +53,16 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.schedulers import AsyncHyperBandScheduler  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
 from ray.tune.stopper import Stopper  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
+# Least seconds between two progress reports of a running trial (a phase change is reported at once). Each
+# report is one Tune result the worker waits on; a large cluster may want fewer (DISTILLBENCH_REPORT_INTERVAL).
+REPORT_INTERVAL_S = 2.0
+# Without a terminal, a running trial's progress is printed at most this often (plus at each phase change).
+LINE_INTERVAL_S = 10.0
 
 
 def _init_local_ray(kwargs: dict[str, Any]) -> None:
@@ -104,6 +115,8 @@ class GridOutcome:
     stopped: str | None = None
     #: further lines for the summary (trials claimed elsewhere, callbacks that failed)
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: what the searches of tuned blocks did (:class:`TuningOutcome`), when the grid has any
+    tuning: Any = None
 
     @property
     def pending(self) -> int:
@@ -151,6 +164,11 @@ def _trainable(config: dict[str, Any]) -> None:
             return
         claim.start_heartbeat()
     torch.set_num_threads(max(1, int(trial.get("cpu", 1))))
+    # Progress goes to Tune as intermediate results (phase, iteration x of y, loss, ...), at a bounded rate;
+    # they carry no rows_json, so the row writer waits for the final one.
+    reporter = TrialReporter(tune.report, interval=float(config.get("report_interval", REPORT_INTERVAL_S)))
+    # A search trial under ASHA: its method reports probes (validation accuracy of its set so far) as progress.
+    probe = tuning.AshaSettings(**trial["probe"]) if trial.get("probe") else None
     try:
         rows = run_trial(
             trial["spec"],
@@ -158,6 +176,8 @@ def _trainable(config: dict[str, Any]) -> None:
             data_root=Path(config["data_root"]),
             download=bool(config.get("download", False)),
             artefacts=config.get("artefacts"),
+            progress=reporter,
+            probe=probe,
         )
     finally:
         if claim is not None:
@@ -165,7 +185,9 @@ def _trainable(config: dict[str, Any]) -> None:
             # a refresh after that must not leave it behind. If no row comes, the claim expires.
             claim.stop_heartbeat()
     status = store.trial_status(r["status"] for r in rows)
-    tune.report({"rows_json": store.rows_to_json(rows), "status": status})
+    # The final result: the rows for the driver's writer, and the tracked scalars (acc_mean, seconds, peak
+    # memory, ...) as numbers that Tune's loggers record.
+    tune.report({"rows_json": store.rows_to_json(rows), "status": status, **store.tracked_values(rows)})
 
 
 class _RowWriter(tune.Callback):
@@ -182,7 +204,12 @@ class _RowWriter(tune.Callback):
             self.progress.claimed_elsewhere(trial.trial_id, expected, result["elsewhere"])
             return
         text = result.get("rows_json")
-        if text is None:
+        if text is None:  # an intermediate result: the trial's progress
+            event = from_report(result)
+            if event is not None:
+                self.progress.trial_progress(
+                    trial.trial_id, trial_label(trial.config.get("trial", {}).get("spec", {})), event
+                )
             return
         try:
             rows = store.rows_from_json(text)
@@ -194,7 +221,9 @@ class _RowWriter(tune.Callback):
                 # The worker resolved the spec to another id: its code (distillbench or a plugin) is not
                 # the driver's. Its row would never count as done, so the grid would re-run it forever.
                 rows = [self._skew_row(trial, rows[0]["trial_id"], rows[0].get("node"))]
-            store.write_rows(self.results, rows)
+            # Columns only the driver knows (a tuned trial's budget, space hash and parameters).
+            extra = trial.config.get("trial", {}).get("columns") or {}
+            store.write_rows(self.results, [{**row, **extra} for row in rows])
         except Exception as exc:
             self._not_written(trial, expected, exc)
             return
@@ -253,7 +282,7 @@ class _RowWriter(tune.Callback):
         return {**identity_columns(resolved), "status": "error", "error": message, "node": node}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.progress.started(trial.trial_id)
+        self.progress.started(trial.trial_id, trial_label(trial.config.get("trial", {}).get("spec", {})))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # The worker died or raised outside run_trial (which catches trial errors) and retries are
@@ -338,7 +367,14 @@ def _ray_error_text(trial: Any) -> str | None:
 
 
 class _Progress:
-    """One status line: trials done / running / failed, elapsed time and an estimate of the rest."""
+    """The status display: trials done, running and failed, elapsed time, an estimate of the rest, and progress.
+
+    Each running trial's progress (phase, iteration x of y, loss) comes from its intermediate Tune results
+    (:class:`~distillbench.harness.progress.LiveTrials`). On a terminal the summary line and one line per
+    running trial are redrawn in place. Elsewhere the summary is printed when a trial ends, and a trial's
+    progress at each phase change and at most every ``LINE_INTERVAL_S`` seconds between, so a log shows a
+    long run moving.
+    """
 
     def __init__(self, total: int, skipped: int, stream: TextIO, enabled: bool) -> None:
         self.total, self.skipped = total, skipped
@@ -356,19 +392,36 @@ class _Progress:
         self.unwritten: set[str] = set()  # trials whose row (and error row) the driver could not write
         self.stopped: str | None = None
         self.callback_errors: dict[str, tuple[int, str]] = {}  # "Class.hook" -> (count, first error)
+        self.live = LiveTrials(line_interval=LINE_INTERVAL_S)
+        self._drawn_lines = 0  # lines of the block last drawn on a terminal
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into the experiment state; the stream (a terminal, or a test's
         # capture buffer) stays behind: a restored copy draws nothing.
         return {**self.__dict__, "stream": None, "enabled": False, "tty": False}
 
-    def started(self, trial_id: str) -> None:
+    def started(self, trial_id: str, label: str | None = None) -> None:
         self.running.add(trial_id)
+        if label is not None:
+            self.live.start(trial_id, label)
         self.draw()
+
+    def trial_progress(self, trial_id: str, label: str, event: Event) -> None:
+        """A running trial reported its progress."""
+        line = self.live.update(trial_id, label, event)
+        if not self.enabled:
+            return
+        if self.tty:
+            if time.monotonic() - self._last_draw >= 0.25:
+                self.draw()
+        elif line is not None:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def finished(self, trial_id: str, status: str, error: str | None) -> None:
         self.running.discard(trial_id)
         self.finished_ids.add(trial_id)
+        self.live.drop(trial_id)
         if status == "ok":
             self.ok += 1
         else:
@@ -380,6 +433,7 @@ class _Progress:
     def claimed_elsewhere(self, tune_id: str, trial_id: str | None, holder: str) -> None:
         self.running.discard(tune_id)
         self.finished_ids.add(tune_id)
+        self.live.drop(tune_id)
         self.elsewhere[trial_id or tune_id] = holder
         self.draw(force=True)
 
@@ -390,11 +444,16 @@ class _Progress:
     def callback_failed(self, where: str, exc: Exception) -> None:
         count, first = self.callback_errors.get(where, (0, f"{type(exc).__name__}: {exc}"))
         self.callback_errors[where] = (count + 1, first)
-        logging.getLogger(__name__).warning("Tune callback %s failed (skipped): %s", where, exc)
+        if count == 0:  # a logger that fails at every result says so once; the summary counts the rest
+            logging.getLogger(__name__).warning("Tune callback %s failed (skipped): %s", where, exc)
 
     def tick(self) -> None:
         if self.tty and time.monotonic() - self._last_draw >= 1.0:
             self.draw()
+        elif self.enabled and not self.tty:
+            for line in self.live.quiet():  # trials that reported nothing for a minute: still running
+                self.stream.write(line + "\n")
+                self.stream.flush()
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
@@ -413,7 +472,12 @@ class _Progress:
             return
         self._last_draw = time.monotonic()
         if self.tty:
-            self.stream.write("\r\033[K" + self.line())
+            # Back to the first line of the block drawn last, clear to the end of the screen, draw anew; each
+            # line is cut to the terminal's width, since a wrapped line would shift the block.
+            up = "\033[F" * max(0, self._drawn_lines - 1)
+            block = [fit(line) for line in [self.line(), *self.live.lines()]]
+            self.stream.write("\r" + up + "\033[J" + "\n".join(block))
+            self._drawn_lines = len(block)
         elif force:
             self.stream.write(self.line() + "\n")
         self.stream.flush()
@@ -422,13 +486,6 @@ class _Progress:
         if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def _placement(config: dict[str, Any]) -> Any:
@@ -456,6 +513,8 @@ def run_grid(
     stream: TextIO | None = None,
     plugins: Sequence[str] = (),
     callbacks: Sequence[Any] = (),
+    loggers: Sequence[str] = (),
+    row_columns: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> GridOutcome:
     """Run every trial that has no row yet under Ray Tune; rows land in ``<results>/rows``.
 
@@ -476,7 +535,16 @@ def run_grid(
         stream: where the status line goes (default stderr).
         plugins: plugin modules or absolute ``.py`` paths each worker imports before its trial.
         callbacks: further Tune callbacks (tests use them to watch placements).
+        loggers: Ray Tune logger callbacks to attach: ``tensorboard``, ``mlflow``, ``wandb``
+            (:func:`_logger_callbacks` says where each writes).
+        row_columns: further columns of some trials' rows, by trial id, set by the driver when it writes them
+            (the tuning columns of final trials; :func:`run_tuned_grid`).
+
+    Raises:
+        DistillBenchError: an unknown logger, a logger whose package is missing, or a logger that cannot
+            write where the results are (before anything runs).
     """
+    from distillbench.harness.progress import check_loggers
     from distillbench.harness.spec import trial_resources
 
     stream = stream or sys.stderr
@@ -494,6 +562,9 @@ def run_grid(
         return outcome
     # A full disk, a read-only mount or a missing permission fails here in one line, before Ray starts.
     store.check_writable(where)
+    # So does a logger that cannot work (unknown, its package missing, nowhere to write).
+    loggers = check_loggers(list(loggers), "loggers")
+    logger_callbacks = _logger_callbacks(loggers, where=where, grid_name=grid_name)
     progress = _Progress(len(trials), outcome.skipped, stream, show_progress)
     run_id = uuid.uuid4().hex
     # Trials another live run has claimed are left out now; the workers' claims settle any that race.
@@ -507,25 +578,13 @@ def run_grid(
             **trial_resources(resources, t.method.name),
             "trial_id": t.trial_id,
             "row_stamp": stamps.get(t.trial_id),
+            **({"columns": dict(row_columns[t.trial_id])} if row_columns and t.trial_id in row_columns else {}),
         }
         for t in pending
     ]
     if not points:
         return _summarise(outcome, where, [], progress)
-    started_here = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False}
-        address = address or os.environ.get("RAY_ADDRESS")
-        if address:
-            kwargs["address"] = address
-        else:
-            kwargs["num_cpus"] = os.cpu_count() or 1
-        kwargs.update(ray_init or {})
-        if address or "_node_ip_address" in kwargs:
-            ray.init(**kwargs)  # joining a cluster, or an explicit node address: the user's choice
-        else:
-            _init_local_ray(kwargs)
-        started_here = True
+    started_here = _start_ray(address, ray_init)
     previous = signal.getsignal(signal.SIGTERM)
     if _in_main_thread():
         # Tune only catches SIGINT; a cluster scheduler's SIGTERM would otherwise kill the driver
@@ -546,8 +605,12 @@ def run_grid(
                 "plugins": list(plugins),
                 "claim_owner": run_id,
                 "driver": f"{socket.gethostname()} pid {os.getpid()}",
+                "report_interval": _report_interval(),
             },
-            tune_config=tune.TuneConfig(reuse_actors=True),
+            # Readable trial names and folders (dm-digits-ipc10-seed0-<id>): TensorBoard, MLflow and W&B show them.
+            tune_config=tune.TuneConfig(
+                reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name
+            ),
             run_config=tune.RunConfig(
                 name=experiment,
                 storage_path=(where / "ray").uri,
@@ -555,7 +618,10 @@ def run_grid(
                 failure_config=tune.FailureConfig(max_failures=retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 stop=_StopWhenStoreFails(progress),
-                callbacks=[_Guarded(cb, progress) for cb in (_RowWriter(where.uri, progress, run_id), *callbacks)],
+                callbacks=[
+                    _Guarded(cb, progress)
+                    for cb in (_RowWriter(where.uri, progress, run_id), *logger_callbacks, *callbacks)
+                ],
             ),
         )
         try:
@@ -577,6 +643,74 @@ def run_grid(
         _release_claims(where, [t.trial_id for t in pending], run_id)
     outcome.seconds = time.monotonic() - start
     return _compact(_summarise(outcome, where, [t.trial_id for t in pending], progress), where)
+
+
+def _trial_name(trial: Any) -> str:
+    """A trial's Tune name and folder: its label and the start of its id, ``dm-digits-ipc10-seed0-1a2b3c4d``."""
+    config = trial.config.get("trial", {})
+    spec = config.get("spec", {})
+    method = str(spec.get("method", ""))
+    # A long method spec is cut, never the dataset, IPC and seed after it.
+    rest = trial_label(spec).removeprefix(method).strip().replace(" ", "-")
+    return f"{_slug(method)[:30]}-{_slug(rest)}-{str(config.get('trial_id') or trial.trial_id)[:8]}"
+
+
+def _report_interval() -> float:
+    """Seconds between two progress reports of a trial: ``$DISTILLBENCH_REPORT_INTERVAL``, else the default."""
+    from distillbench.harness.errors import ConfigError
+
+    text = os.environ.get("DISTILLBENCH_REPORT_INTERVAL", "").strip()
+    if not text:
+        return REPORT_INTERVAL_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and value < float("inf")):
+        raise ConfigError(f"DISTILLBENCH_REPORT_INTERVAL must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _logger_callbacks(names: Sequence[str], *, where: store.Location, grid_name: str) -> list[Any]:
+    """Ray Tune's logger callbacks for ``names``; each trial is one run, named as :func:`_trial_name`.
+
+    Where they write:
+
+    - ``tensorboard``: event files in each trial's Tune folder, ``<results>/ray/<experiment>/<trial>/``
+      (written on the driver and copied there during the run and at its end);
+    - ``mlflow``: ``$MLFLOW_TRACKING_URI``, else the SQLite database ``<results>/logs/mlflow.db`` (experiment =
+      grid name);
+    - ``wandb``: the W&B project ``$WANDB_PROJECT`` (default ``distillbench``), group = grid name; with
+      ``WANDB_MODE=offline`` the runs stay in ``<results>/ray/<experiment>/<trial>/wandb/`` for ``wandb sync``.
+
+    Raises:
+        DistillBenchError: a logger's package is missing, or MLflow has nowhere to write.
+    """
+    from distillbench.harness.progress import check_logger_packages, mlflow_tracking_uri
+
+    results_dir = where.path if where.local else None
+    check_logger_packages(names, results_dir=results_dir, environ=os.environ)
+    mlflow_uri = mlflow_tracking_uri(results_dir, os.environ) if "mlflow" in names else ""
+    callbacks: list[Any] = []
+    for name in names:
+        if name == "tensorboard":
+            from ray.tune.logger import TBXLoggerCallback
+
+            callbacks.append(TBXLoggerCallback())
+        elif name == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            if mlflow_uri.startswith("sqlite:///") and where.local:
+                Path(mlflow_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            callbacks.append(
+                MLflowLoggerCallback(tracking_uri=mlflow_uri, experiment_name=grid_name, tags={"grid": grid_name})
+            )
+        elif name == "wandb":
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            project = os.environ.get("WANDB_PROJECT") or "distillbench"
+            callbacks.append(WandbLoggerCallback(project=project, group=grid_name))
+    return callbacks
 
 
 # Small row files that make the end of a grid compact the store: below this, reading them costs a few
@@ -655,3 +789,639 @@ def _in_main_thread() -> bool:
 
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in text)[:60] or "grid"
+
+
+# ------------------------------------------------------------------------------------- fair tuning
+# A grid block with a tune: section (harness/tuning.py) runs one search per cell, each a Tune experiment with
+# a search algorithm and optionally ASHA, then the chosen configuration's final trials with the rest of the
+# grid. The rows stay the record: a search reads its finished trials back from them (resume), is not run again
+# once its budget is spent, and picks its configuration from them.
+
+# Intermediate results of a search trial under ASHA: the probe index is ASHA's time, the probe's validation
+# accuracy its metric (harness/probe.py sends them as progress values of the distill phase; to_report's keys).
+PROBE_TIME = "distill/probe"
+PROBE_METRIC = "distill/probe_val_acc"
+_claims = artefacts  # the module, for functions whose ``artefacts`` argument (a folder) hides its name
+# Invalid configurations a search may draw in a row (two searched parameters that do not fit together)
+# before it gives up; each is told to the search algorithm as a failure and costs no budget.
+MAX_REJECTED = 100
+
+
+@dataclasses.dataclass
+class TuningOutcome:
+    """What the searches of a grid did, and the final trials they decided.
+
+    Attributes:
+        finals: the final trials of every finished search (the chosen configuration on the block's seeds).
+        columns: tuning columns of the final trials' rows, by trial id.
+        lines: one summary line per search.
+        notes: what the user should know (searches claimed elsewhere, searches without a result).
+        interrupted: a search was interrupted (Ctrl-C, SIGTERM) before its budget was spent.
+        started_ray: Ray was started for a search (the caller shuts it down).
+        stopped: the store took no more writes (one line).
+        ran: search trials run now; stopped_early: of those, ended by ASHA; failed: with an error.
+        seconds: wall time of the searches run now.
+    """
+
+    finals: list[ResolvedTrial] = dataclasses.field(default_factory=list)
+    columns: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    lines: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    interrupted: bool = False
+    stopped: str | None = None
+    ran: int = 0
+    stopped_early: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    started_ray: bool = False
+
+
+def _plain(value: Any) -> Any:
+    """A sampled value as a plain Python scalar (numpy's repr would end up in the spec string)."""
+    return value.item() if hasattr(value, "item") and not isinstance(value, str) else value
+
+
+def _domain(dist: Any) -> Any:
+    """The Tune search-space domain of a :class:`~distillbench.harness.tuning.Distribution`."""
+    a = dist.args
+    if dist.kind == "uniform":
+        return tune.uniform(a[0], a[1])
+    if dist.kind == "loguniform":
+        return tune.loguniform(a[0], a[1])
+    if dist.kind == "quniform":
+        return tune.quniform(a[0], a[1], a[2])
+    if dist.kind == "randint":  # both bounds included in our spelling; Tune's upper bound is exclusive
+        return tune.randint(a[0], a[1] + 1)
+    if dist.kind == "lograndint":
+        return tune.lograndint(a[0], a[1] + 1)
+    return tune.choice(list(a))
+
+
+class _SeededRandom(Searcher):
+    """Random search over Tune's domains, one draw per suggestion from a generator seeded by (seed, draw number).
+
+    Not Tune's ``BasicVariantGenerator``: that is a whole search algorithm of its own, which the budget,
+    ordinal and resume logic of :class:`_SearchDriver` (a ``Searcher`` wrapper, like Tune's
+    ``ConcurrencyLimiter``) cannot wrap. Seeding each draw by its number makes a resumed search continue
+    the very sequence an uninterrupted one would have drawn.
+    """
+
+    def __init__(self, space: Mapping[str, Any], seed: int, start: int, metric: str, mode: str) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.space, self.seed, self.count = dict(space), seed, start
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        import numpy as np
+
+        rng = np.random.default_rng([self.seed, self.count])
+        self.count += 1
+        return {name: domain.sample(random_state=rng) for name, domain in self.space.items()}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+
+def _search_algorithm(search: Any, state: Any, metric: str) -> Any:
+    """The seeded search algorithm of ``search``, warm-started from its finished trials where the library can."""
+    from distillbench.harness.seeding import derive_seed
+
+    settings = search.settings
+    domains = {name: _domain(dist) for name, dist in search.space}
+    done = len(state.trials)
+    if settings.search == "random":
+        seed = derive_seed("random", settings.seed, search.tuning_id)
+        return _SeededRandom(domains, seed, state.next_ordinal, metric, "max")
+    if settings.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # A fresh seed per resume point: the same seed would draw the first suggestions again. TPE's random
+        # start is a third of a trials budget (at most Optuna's default 10), so a 12-trial search is not all random.
+        budget = settings.budget.trials
+        startup = max(1, min(10, budget // 3)) if budget is not None else 10
+        sampler = optuna.samplers.TPESampler(
+            seed=derive_seed("optuna", settings.seed, search.tuning_id, done), n_startup_trials=startup
+        )
+        algorithm = OptunaSearch(
+            space=OptunaSearch.convert_search_space(domains), metric=metric, mode="max", sampler=sampler
+        )
+        # The study is rebuilt from the rows: results as completed trials, early-stopped and diverged ones as
+        # pruned (they used budget and say something about the space); errors taught nothing.
+        for trial in state.trials:
+            if trial.status == "ok" and trial.objective is not None:
+                algorithm.add_evaluated_point(trial.params, trial.objective)
+            elif trial.status in ("stopped", "diverged"):
+                algorithm.add_evaluated_point(trial.params, None, pruned=True)
+        return algorithm
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    # HyperOptSearch takes no finished results: after a resume it starts from its random phase again.
+    return HyperOptSearch(
+        space=HyperOptSearch.convert_search_space(domains),
+        metric=metric,
+        mode="max",
+        random_state_seed=derive_seed("hyperopt", settings.seed, search.tuning_id, done),
+    )
+
+
+class _SearchDriver(Searcher):
+    """Wraps the search algorithm: numbers the trials, builds their specs, and keeps the budget.
+
+    Each suggestion becomes search trial ``ordinal`` (its own trial id, on the tuning seed). The budget is
+    counted the way :class:`~distillbench.harness.tuning.SearchState` counts it from the rows: a finished
+    trial (ok or diverged) and one ASHA stopped count one trial or their hours; an error counts nothing, and
+    the search draws another in its place (at most ``budget`` such replacements in one run). Trials running
+    now count as if they will finish; once nothing runs and the budget is spent, the search is FINISHED.
+    """
+
+    def __init__(
+        self,
+        search: Any,
+        state: Any,
+        inner: Any,
+        *,
+        metric: str,
+        resources: Mapping[str, Any],
+        stamps: Mapping[str, int | None],
+        stopped_ids: set[str],
+    ) -> None:
+        from distillbench.harness.spec import trial_resources
+
+        super().__init__(metric=metric, mode="max")
+        self.search, self.inner = search, inner
+        self.ordinal = state.next_ordinal
+        self.spent = state.spent
+        self.resources = trial_resources(resources, search.method_name)
+        self.stamps = stamps
+        self.stopped_ids = stopped_ids  # filled by the scheduler when ASHA stops a trial
+        self.live: dict[str, dict[str, Any]] = {}  # Tune trial id -> ordinal, params, inner id, start (wall s)
+        self.finished = False
+        self.errors = self.rejected = 0
+        self.rejections: list[str] = []
+        probe = search.settings.scheduler
+        self.probe = dataclasses.asdict(probe) if probe is not None else None
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # the inner algorithm got its space and metric when it was built
+
+    def save(self, checkpoint_path: str) -> None:
+        pass  # the rows are the search's record: a resumed search is rebuilt from them, not from Tune's state
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+    def _committed(self) -> float:
+        budget = self.search.budget
+        if budget.trials is not None:
+            return self.spent + len(self.live)
+        now = time.time()
+        return self.spent + sum(now - t["start"] for t in self.live.values() if t.get("start")) / 3600.0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        budget = self.search.budget
+        if self._committed() >= budget.amount or self.errors > max(1, int(budget.amount)):
+            if self.live:
+                return None  # a running trial may still fail and need a replacement
+            self.finished = True
+            return Searcher.FINISHED
+        for attempt in range(MAX_REJECTED):
+            inner_id = f"{trial_id}-{attempt}" if attempt else trial_id
+            suggestion = self.inner.suggest(inner_id)
+            if suggestion is None or suggestion == Searcher.FINISHED:
+                return suggestion
+            params = {name: _plain(suggestion[name]) for name, _ in self.search.space}
+            spec = self.search.trial(params, self.ordinal)
+            try:
+                resolved = spec.resolve()
+            except DistillBenchError as exc:
+                # Two searched parameters that do not fit together: no trial, no budget; the algorithm learns it.
+                self.inner.on_trial_complete(inner_id, None, error=True)
+                self.rejected += 1
+                if len(self.rejections) < 3:
+                    self.rejections.append(f"{tuning.params_json(params)}: {exc}")
+                continue
+            self.live[trial_id] = {"ordinal": self.ordinal, "params": params, "inner": inner_id, "start": None}
+            self.ordinal += 1
+            point = {
+                "spec": resolved.spec.to_dict(),
+                **self.resources,
+                "trial_id": resolved.trial_id,
+                "row_stamp": self.stamps.get(resolved.trial_id),
+                "probe": self.probe,
+                "columns": self.search.columns(params),
+            }
+            return {"trial": point}
+        self.finished = True
+        return Searcher.FINISHED
+
+    def started(self, trial_id: str) -> None:
+        if trial_id in self.live and self.live[trial_id]["start"] is None:
+            self.live[trial_id]["start"] = time.time()
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass  # intermediate results are the probes; ASHA reads them, the search algorithm only final ones
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        info = self.live.pop(trial_id, None)
+        if info is None:
+            return
+        status = (result or {}).get("status")
+        counts = not error and (status in ("ok", "diverged") or trial_id in self.stopped_ids)
+        if counts:
+            started = info["start"] or time.time()
+            self.spent += 1.0 if self.search.budget.trials is not None else (time.time() - started) / 3600.0
+        else:
+            self.errors += 1
+        failed = error or status == "error"
+        self.inner.on_trial_complete(info["inner"], result=None if failed else result, error=failed)
+
+
+class _RecordingASHA(AsyncHyperBandScheduler):
+    """ASHA that remembers which trials it stopped (their rows say ``stopped``, and they count against the budget)."""
+
+    def __init__(self, stopped_ids: set[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stopped_ids = stopped_ids
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP:
+            self.stopped_ids.add(trial.trial_id)
+        return decision
+
+
+class _StoppedRows(tune.Callback):
+    """Driver-side: the row of a search trial ASHA stopped (it reports no row of its own), and trial start times."""
+
+    def __init__(self, results: str, driver: _SearchDriver, progress: _Progress, owner: str) -> None:
+        self.results, self.driver, self.progress, self.owner = results, driver, progress, owner
+        self.started_at: dict[str, dt.datetime] = {}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started_at.setdefault(trial.trial_id, dt.datetime.now(dt.UTC))
+        self.driver.started(trial.trial_id)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.on_trial_start(iteration, trials, trial)  # reused actors do not always announce a start
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id not in self.driver.stopped_ids:
+            return
+        from distillbench.harness.checkpoint import Checkpointer
+        from distillbench.harness.runner import identity_columns, provenance
+        from distillbench.harness.spec import TrialSpec
+
+        config = trial.config.get("trial", {})
+        last = trial.last_result or {}
+        probes = (config.get("probe") or {}).get("probes")
+        index, value = last.get(PROBE_TIME), last.get(PROBE_METRIC)
+        note = (
+            f"stopped early by ASHA after probe {index} of {probes} (validation accuracy of the probe: "
+            f"{value:.4f}); no evaluation ran"
+            if isinstance(value, int | float)
+            else "stopped early by ASHA; no evaluation ran"
+        )
+        resolved = TrialSpec.from_dict(config["spec"]).resolve()
+        row = {
+            **{k: v for k, v in provenance().items() if k in store.COLUMN_NAMES},
+            **identity_columns(resolved),
+            **(config.get("columns") or {}),
+            "status": "stopped",
+            "notes": note,
+            "start_time": self.started_at.get(trial.trial_id, dt.datetime.now(dt.UTC)),
+            "end_time": dt.datetime.now(dt.UTC),
+        }
+        try:
+            store.write_row(self.results, row)
+            # Its loop checkpoint would only resume this very configuration on this seed: not worth keeping.
+            Checkpointer.for_trial(self.results, resolved.distill_id).clear()
+        except Exception as exc:
+            if store.storage_problem(exc) is not None:
+                self.progress.stop(store.write_problem_message(store.location(self.results) / "rows", exc))
+            raise
+        finally:
+            if config.get("trial_id"):
+                artefacts.release_claim(_claim_target(self.results, config["trial_id"]), self.owner)
+        self.progress.finished(trial.trial_id, "stopped", None)
+
+
+class _SearchProgress(_Progress):
+    """The status line of one search: search trials done here, stopped early by ASHA, failed, and the budget."""
+
+    def __init__(self, label: str, before: int, budget: str, stream: TextIO, enabled: bool) -> None:
+        super().__init__(before, before, stream, enabled)
+        self.label, self.budget, self.early = label, budget, 0
+
+    def finished(self, trial_id: str, status: str, error: str | None) -> None:
+        if status == "stopped":
+            self.early += 1
+            status = "ok"  # a result of the search: it used budget
+        super().finished(trial_id, status, error)
+
+    def line(self) -> str:
+        return (
+            f"search {self.label}: {self.ok + self.failed} trials done here ({self.early} stopped early, "
+            f"{self.failed} failed), {len(self.running)} running, {self.skipped} before; budget {self.budget} | "
+            f"{_clock(time.monotonic() - self.start)} elapsed"
+        )
+
+
+def _start_ray(address: str | None, ray_init: Mapping[str, Any] | None) -> bool:
+    """Start (or join) Ray unless it runs already; whether it was started here (and must be shut down)."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["num_cpus"] = os.cpu_count() or 1
+    kwargs.update(ray_init or {})
+    if address or "_node_ip_address" in kwargs:
+        ray.init(**kwargs)  # joining a cluster, or an explicit node address: the user's choice
+    else:
+        _init_local_ray(kwargs)
+    return True
+
+
+def run_searches(
+    searches: Sequence[Any],
+    *,
+    results: Path | str,
+    data_root: Path,
+    grid_name: str,
+    resources: Mapping[str, Any] | None = None,
+    retries: int = 0,
+    download: bool = False,
+    artefacts: Path | str | None = None,
+    plugins: Sequence[str] = (),
+    show_progress: bool = True,
+    stream: TextIO | None = None,
+    address: str | None = None,
+    ray_init: Mapping[str, Any] | None = None,
+    outcome: TuningOutcome | None = None,
+) -> TuningOutcome:
+    """Run every unfinished search of ``searches``, then decide their final trials.
+
+    Ray is started (or joined, ``address``) only when a search has trials left; ``outcome.started_ray`` says
+    so, and the caller shuts it down (``outcome`` may be passed in, so it knows even when this raises).
+
+    Each search is one Tune experiment: its search algorithm (seeded), ASHA on the probes when asked, the
+    block's resources and retries, claims on every trial, and one claim on the search itself so two runs of
+    the grid never search the same cell at once. Finished search trials are read back from the rows first,
+    so an interrupted search continues where it stopped and a finished one is not run again. The best
+    configuration by the objective among the search rows (the earliest on a tie) gives the final trials.
+
+    Raises:
+        DistillBenchError: the results cannot be written (before anything runs).
+    """
+    stream = stream or sys.stderr
+    where = store.location(results)
+    outcome = outcome if outcome is not None else TuningOutcome()
+    # As in run_grid: without Tune's per-trial loggers its end-of-run summary would warn once per trial.
+    for name in ("ray.tune.analysis.experiment_analysis", "ray._private.authentication.authentication_token_setup"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    states = tuning.read_states(where.uri, searches)
+    run_id = uuid.uuid4().hex
+    start = time.monotonic()
+    if not all(state.finished for state in states.values()):
+        store.check_writable(where)
+    for search in searches:
+        state = states[search.tuning_id]
+        if not state.finished:
+            claim = _claims.Claim(
+                where / "claims" / f"tuning-{search.tuning_id}.json",
+                owner=run_id,
+                info={"driver": f"{socket.gethostname()} pid {os.getpid()}"},
+            )
+            holder = claim.try_acquire()
+            if holder is not None:
+                outcome.notes.append(
+                    f"search {search.label()} is {_holder_text(holder)}; not run here (its final trials wait for it)"
+                )
+                continue
+            claim.start_heartbeat()
+            try:
+                outcome.started_ray = _start_ray(address, ray_init) or outcome.started_ray
+                finished = _run_search(
+                    search,
+                    state,
+                    outcome,
+                    where=where,
+                    data_root=data_root,
+                    grid_name=grid_name,
+                    resources=resources or {"cpu": 1, "gpu": 0},
+                    retries=retries,
+                    download=download,
+                    artefacts=artefacts,
+                    plugins=plugins,
+                    run_id=run_id,
+                    show_progress=show_progress,
+                    stream=stream,
+                )
+            finally:
+                claim.release()
+            state = tuning.read_states(where.uri, [search])[search.tuning_id]
+            if outcome.stopped is not None or not finished:
+                outcome.interrupted = outcome.stopped is None
+                outcome.lines.append(_search_line(search, state, finished=False))
+                break
+        outcome.lines.append(_search_line(search, state, finished=True))
+        best = state.best()
+        if best is None:
+            outcome.notes.append(
+                f"search {search.label()} spent its budget without a configuration that finished (every trial "
+                "diverged, failed or was stopped): no final trials; widen or move the space"
+            )
+            continue
+        columns = search.columns(best.params, spent=round(state.spent, 6))
+        for spec in search.finals(best.params):
+            resolved = spec.resolve()
+            outcome.finals.append(resolved)
+            outcome.columns[resolved.trial_id] = columns
+    outcome.seconds = time.monotonic() - start
+    return outcome
+
+
+def _search_line(search: Any, state: Any, *, finished: bool) -> str:
+    budget = search.budget
+    spent = f"{state.spent:g}" if budget.trials is not None else f"{state.spent:.3g}"
+    failed = sum(1 for t in state.trials if t.status == "error")
+    head = f"search {search.label()}: {spent} of {budget.text} ({state.stopped} stopped early by ASHA, {failed} failed)"
+    best = state.best()
+    if not finished:
+        return f"{head}; interrupted, run the same command again to continue it"
+    if best is None:
+        return f"{head}; no configuration finished"
+    return (
+        f"{head}; chose {tuning.params_json(best.params)} ({search.settings.objective} {best.objective:.4f}, "
+        f"search trial {best.ordinal})"
+    )
+
+
+def _run_search(
+    search: Any,
+    state: Any,
+    outcome: TuningOutcome,
+    *,
+    where: store.Location,
+    data_root: Path,
+    grid_name: str,
+    resources: Mapping[str, Any],
+    retries: int,
+    download: bool,
+    artefacts: Path | str | None,
+    plugins: Sequence[str],
+    run_id: str,
+    show_progress: bool,
+    stream: TextIO,
+) -> bool:
+    """One search as one Tune experiment; whether its budget was spent (False: interrupted or store full)."""
+    settings = search.settings
+    metric = settings.objective
+    stopped_ids: set[str] = set()
+    driver = _SearchDriver(
+        search,
+        state,
+        _search_algorithm(search, state, metric),
+        metric=metric,
+        resources=resources,
+        stamps=store.row_stamps(where),
+        stopped_ids=stopped_ids,
+    )
+    budget = search.budget
+    remaining = max(0, int(math.ceil(budget.amount - state.spent))) if budget.trials is not None else tuning.MAX_TRIALS
+    progress = _SearchProgress(search.label(), len(state.trials), budget.text, stream, show_progress)
+    scheduler = None
+    if settings.scheduler is not None:
+        scheduler = _RecordingASHA(
+            stopped_ids,
+            time_attr=PROBE_TIME,
+            metric=PROBE_METRIC,
+            mode="max",
+            max_t=settings.scheduler.probes + 1,  # probes run before the end: no trial reaches max_t
+            grace_period=settings.scheduler.grace_period,
+            reduction_factor=settings.scheduler.reduction_factor,
+            stop_last_trials=False,
+        )
+    # Intermediate results (progress, probes) carry other keys than the final one the search algorithm reads.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-%f")
+    experiment = f"{_slug(grid_name)}-search-{search.tuning_id[:8]}-{stamp}"
+    tuner = tune.Tuner(
+        tune.with_resources(_trainable, _placement),
+        param_space={
+            "results": where.uri,
+            "data_root": str(Path(data_root).expanduser().resolve()),
+            "download": download,
+            "artefacts": store.location(artefacts).uri if artefacts is not None else None,
+            "plugins": list(plugins),
+            "claim_owner": run_id,
+            "driver": f"{socket.gethostname()} pid {os.getpid()}",
+            "report_interval": _report_interval(),
+        },
+        tune_config=tune.TuneConfig(
+            search_alg=driver,
+            scheduler=scheduler,
+            # The driver ends the search (FINISHED); this only bounds it: the budget plus as many replacements.
+            num_samples=remaining + max(1, int(budget.amount)) + 1,
+            max_concurrent_trials=settings.concurrency,
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment,
+            storage_path=(where / "ray").uri,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            stop=_StopWhenStoreFails(progress),
+            callbacks=[
+                _Guarded(_RowWriter(where.uri, progress, run_id), progress),
+                _Guarded(_StoppedRows(where.uri, driver, progress, run_id), progress),
+            ],
+        ),
+    )
+    try:
+        tuner.fit()
+    except Exception as exc:
+        if store.storage_problem(exc) is None:
+            raise
+        progress.stop(store.write_problem_message(where / "ray", exc))
+    finally:
+        progress.close()
+    outcome.ran += progress.ok + progress.failed
+    outcome.stopped_early += progress.early
+    outcome.failed += progress.failed
+    outcome.stopped = outcome.stopped or progress.stopped
+    if driver.rejected:
+        outcome.notes.append(
+            f"search {search.label()}: {driver.rejected} drawn configurations could not run and were skipped "
+            f"(first: {driver.rejections[0]})"
+        )
+    for where_, (count, first) in progress.callback_errors.items():
+        outcome.notes.append(f"Tune callback {where_} failed {count} time(s) and was skipped: {first}")
+    return driver.finished and progress.stopped is None
+
+
+def run_tuned_grid(
+    trials: Sequence[ResolvedTrial],
+    searches: Sequence[Any],
+    *,
+    results: Path | str,
+    data_root: Path,
+    grid_name: str,
+    address: str | None = None,
+    ray_init: Mapping[str, Any] | None = None,
+    show_progress: bool = True,
+    stream: TextIO | None = None,
+    **kwargs: Any,
+) -> GridOutcome:
+    """:func:`run_searches`, then :func:`run_grid` over ``trials`` plus the searches' final trials, on one Ray.
+
+    ``kwargs`` are :func:`run_grid`'s further arguments (resources, retries, download, artefacts, plugins, ...).
+    The outcome counts the grid's trials and the final trials; the searches' lines and notes are among its notes.
+    An interrupted search stops the run before any trial of the grid (run the command again).
+    """
+    tuned = TuningOutcome()
+    try:
+        shared = {k: kwargs[k] for k in ("resources", "retries", "download", "artefacts", "plugins") if k in kwargs}
+        run_searches(
+            searches,
+            results=results,
+            data_root=data_root,
+            grid_name=grid_name,
+            show_progress=show_progress,
+            stream=stream,
+            address=address,
+            ray_init=ray_init,
+            outcome=tuned,
+            **shared,
+        )
+        if tuned.interrupted or tuned.stopped:
+            outcome = GridOutcome(total=len(trials), skipped=0, interrupted=tuned.interrupted, stopped=tuned.stopped)
+        else:
+            outcome = run_grid(
+                [*trials, *tuned.finals],
+                results=results,
+                data_root=data_root,
+                grid_name=grid_name,
+                address=address,
+                ray_init=ray_init,
+                show_progress=show_progress,
+                stream=stream,
+                row_columns=tuned.columns,
+                **kwargs,
+            )
+    finally:
+        if tuned.started_ray:
+            ray.shutdown()
+    outcome.tuning = tuned
+    outcome.seconds += tuned.seconds
+    outcome.notes[:0] = [*tuned.lines, *tuned.notes]
+    return outcome

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from distillbench.harness.errors import ConfigError, DistillBenchError, IncompatibleError, UnknownNameError
-from distillbench.harness.params import INT64_MAX, canonical_int, params_to_dict
+from distillbench.harness.params import INT64_MAX, canonical_int, params_to_dict, resolve_auto
+from distillbench.harness.progress import check_loggers
+from distillbench.harness.tuning import identity as tuning_identity
 
 AXES = ("dataset", "method", "ipc", "seed", "weighting", "labels", "protocol")
 DEFAULTS = {"weighting": "none", "labels": "native", "seed": 0}
@@ -46,6 +48,7 @@ TOP_LEVEL_KEYS = (
     "resources",
     "retries",
     "plugins",
+    "loggers",
     "grid",
     "grids",
 )
@@ -68,6 +71,10 @@ class TrialSpec:
     labels: str = "native"
     protocol: str = "convnet-v1"
     grid: str = "adhoc"
+    # "<tuning_id>:search:<n>" or "<tuning_id>:final" for the trials of a tune: section (harness/tuning.py);
+    # part of the trial id (a search trial is not the reported trial of the same configuration), not of the
+    # distill id; None, and absent from the canonical spec, for every other trial.
+    tuning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,6 +112,10 @@ class ResolvedTrial:
         }
         if with_protocol:
             doc["protocol"] = {"name": self.protocol.name, "version": self.protocol.version}
+            # Like the protocol, the tuning role does not change the distilled set: not in the distill id.
+            tuning = tuning_identity(self.spec.tuning)
+            if tuning is not None:
+                doc["tuning"] = tuning
         return doc
 
     @functools.cached_property
@@ -242,6 +253,7 @@ class _Resolver:
 
         ipc = _check_int(spec.ipc, "ipc", 1, MAX_IPC)
         seed = _check_int(spec.seed, "seed", 0, MAX_SEED)
+        tuning_identity(spec.tuning)  # a malformed tuning reference is a ConfigError here, not when hashing
         dataset = self._plugin(DATASETS, spec.dataset)
         method = self._plugin(METHODS, spec.method)
         weighting = self._plugin(WEIGHTINGS, spec.weighting)
@@ -249,7 +261,9 @@ class _Resolver:
         protocol = self._plugin(PROTOCOLS, spec.protocol).obj
 
         info = self._memo(self._infos, (spec.dataset,), lambda: dataset.obj(dataset.params).info())
-        method_obj = self._memo(self._methods, (spec.method,), lambda: method.obj(method.params))
+        # "auto" parameters (dd's net) become the dataset's concrete choice here, so ids hash what runs.
+        method = method._replace(params=resolve_auto(method.params, info.modality))
+        method_obj = self._memo(self._methods, (spec.method, info.modality), lambda: method.obj(method.params))
         self._once(("validate", spec.method, spec.dataset, ipc), lambda: method_obj.validate(info, ipc))
         if not getattr(weighting.obj, "identity", False) and not getattr(method.obj, "accepts_weights", False):
             raise IncompatibleError(
@@ -307,6 +321,10 @@ class Grid:
     # Where cached artefacts shared by trials (expert buffers, teachers) live, when not beside the rows:
     # a folder or URI several grids share, so a later grid reuses what an earlier one built.
     artefacts: str | None = None
+    # Ray Tune logger callbacks to attach (tensorboard, mlflow, wandb; see harness/progress.py LOGGERS).
+    loggers: tuple[str, ...] = ()
+    # The searches of the tuned blocks (harness/tuning.Search); their final trials are not in ``trials``.
+    searches: tuple[Any, ...] = ()
 
 
 # The most trials one grid may expand to. Tune's grid_search holds every pending trial in the driver and
@@ -335,7 +353,37 @@ class GridPlan:
     path: str | None = None
     plugins: tuple[str, ...] = ()
     artefacts: str | None = None
+    loggers: tuple[str, ...] = ()
     label: str | None = None  # prefixed to errors found while resolving (the grid file's path)
+    # Per block, its parsed tune: section (harness/tuning.TuneSettings) or None; empty when no block is tuned.
+    # A tuned block yields no trials of its own: its searches (searches()) decide its final trials.
+    tunes: tuple[Any, ...] = ()
+
+    def tuned(self, index: int) -> Any:
+        """The tune settings of block ``index`` (0-based), or None."""
+        return self.tunes[index] if self.tunes else None
+
+    def searches(self) -> list[Any]:
+        """One :class:`~distillbench.harness.tuning.Search` per cell of each tuned block, in block order.
+
+        Raises:
+            UnknownNameError, ConfigError, IncompatibleError: a cell (or an edge of its space) is invalid.
+        """
+        from distillbench.harness.tuning import expand_searches
+
+        resolver = _Resolver()
+        found: dict[str, Any] = {}
+        for index, (where, values) in enumerate(self.blocks):
+            settings = self.tuned(index)
+            if settings is None:
+                continue
+            try:
+                for search in expand_searches(settings, values, self.name, resolver, where):
+                    found.setdefault(search.tuning_id, search)
+            except DistillBenchError as exc:
+                message = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
+                raise type(exc)(f"{self.label}: {message}" if self.label else message) from None
+        return list(found.values())
 
     def trials(self) -> Iterator[ResolvedTrial]:
         """Resolve and yield each distinct trial, block by block, in the order of the cross product.
@@ -350,7 +398,9 @@ class GridPlan:
         """
         resolver = _Resolver()
         seen: set[str] = set()
-        for where, values in self.blocks:
+        for index, (where, values) in enumerate(self.blocks):
+            if self.tuned(index) is not None:
+                continue  # its final trials follow from its searches
             for combo in itertools.product(*(values[a] for a in AXES)):
                 spec = TrialSpec(grid=self.name, **dict(zip(AXES, combo, strict=True)))
                 try:
@@ -375,6 +425,8 @@ class GridPlan:
             path=self.path,
             plugins=self.plugins,
             artefacts=self.artefacts,
+            loggers=self.loggers,
+            searches=tuple(self.searches()),
         )
 
 
@@ -427,11 +479,16 @@ def _unique_key_loader() -> type:
 
     Plain YAML keeps the last value silently, so a grid with two ``method:`` lines would run only one
     of them without a word.
+
+    It also rejoins the distributions of a tune space written in flow style: in ``{lr: loguniform(0.1, 100)}``
+    YAML splits the call at its comma into ``lr: "loguniform(0.1"`` and a key ``"100)"`` without a value.
+    A plain value with an unclosed ``(`` followed by such keys is put back together from their source text.
     """
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            node.value = _rejoin_calls(node.value, yaml)
             seen: set[Any] = set()
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
@@ -449,6 +506,37 @@ def _unique_key_loader() -> type:
     return UniqueKeyLoader
 
 
+def _rejoin_calls(pairs: list[Any], yaml: Any) -> list[Any]:
+    """Undo YAML's flow-style split of ``f(a, b)`` (see :func:`_unique_key_loader`) in a mapping's node pairs."""
+
+    def open_parens(text: str) -> int:
+        return text.count("(") - text.count(")")
+
+    out, i = [], 0
+    while i < len(pairs):
+        key, value = pairs[i]
+        i += 1
+        plain = isinstance(value, yaml.ScalarNode) and value.style is None
+        if plain and open_parens(value.value) > 0:
+            text, j = value.value, i
+            while open_parens(text) > 0 and j < len(pairs):
+                part, empty = pairs[j]
+                if not (
+                    isinstance(part, yaml.ScalarNode)
+                    and part.style is None
+                    and isinstance(empty, yaml.ScalarNode)
+                    and empty.tag == "tag:yaml.org,2002:null"
+                    and not empty.value
+                ):
+                    break
+                text, j = f"{text}, {part.value}", j + 1
+            if open_parens(text) == 0:
+                value = yaml.ScalarNode("tag:yaml.org,2002:str", text, value.start_mark, pairs[j - 1][0].end_mark)
+                i = j
+        out.append((key, value))
+    return out
+
+
 def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
@@ -464,7 +552,7 @@ def plan_grid(document: Any, *, default_name: str = "grid", path: str | None = N
     Raises:
         ConfigError: a setting, axis or value is malformed, or the grid has more than
             :data:`MAX_GRID_TRIALS` trials (counted as the product of each block's axis lengths).
-        UnknownNameError: ``resources.per_method`` names an unknown method.
+        UnknownNameError: ``resources.per_method`` names an unknown method, or ``loggers`` an unknown logger.
     """
     if document is None:
         raise ConfigError("grid is empty: define a 'grid:' block with at least dataset, method and ipc")
@@ -492,13 +580,14 @@ def plan_grid(document: Any, *, default_name: str = "grid", path: str | None = N
         raise ConfigError("grid is empty: define a 'grid:' block with at least dataset, method and ipc")
     shared_protocol = document.get("protocol")
     planned: list[tuple[str, dict[str, list[Any]]]] = []
+    tunes: list[Any] = []  # per block: its TuneSettings, or None
     for number, block in enumerate(blocks, start=1):
         where = f"grid block {number}" if len(blocks) > 1 else "grid"
         if not isinstance(block, dict):
             raise ConfigError(f"{where} must be a mapping of axis to values, got {type(block).__name__}")
-        bad = sorted(set(block) - set(AXES))
+        bad = sorted(set(block) - set(AXES) - {"tune"})
         if bad:
-            raise ConfigError(f"{where}: unknown axes {bad}; valid axes: {', '.join(AXES)}")
+            raise ConfigError(f"{where}: unknown axes {bad}; valid axes: {', '.join(AXES)} (and tune:)")
         axes = {**DEFAULTS, **({"protocol": shared_protocol} if shared_protocol is not None else {}), **block}
         for required in ("dataset", "method", "ipc", "protocol"):
             if required not in axes:
@@ -512,6 +601,13 @@ def plan_grid(document: Any, *, default_name: str = "grid", path: str | None = N
                 if not isinstance(value, str):
                     raise ConfigError(f"{where}: {axis} values must be names like 'dm[iterations=200]', got {value!r}")
         planned.append((where, values))
+        settings = None
+        if "tune" in block:
+            from distillbench.harness.tuning import check_space, parse_tune
+
+            settings = parse_tune(block["tune"], where)
+            check_space(settings, values["method"], where)
+        tunes.append(settings)
     resources = parse_resources(document.get("resources"))
     retries = _check_int(document.get("retries", 0), "retries", 0, MAX_RETRIES)
     download = document.get("download", False)
@@ -521,6 +617,7 @@ def plan_grid(document: Any, *, default_name: str = "grid", path: str | None = N
     artefacts = document.get("artefacts")
     if artefacts is not None and (not isinstance(artefacts, str) or not artefacts.strip()):
         raise ConfigError(f"artefacts must be a folder or a URI such as s3://bucket/cache, got {artefacts!r}")
+    loggers = check_loggers(document.get("loggers") or [])
     combinations = sum(math.prod(len(values[axis]) for axis in AXES) for _, values in planned)
     if combinations > MAX_GRID_TRIALS:
         raise ConfigError(
@@ -539,6 +636,8 @@ def plan_grid(document: Any, *, default_name: str = "grid", path: str | None = N
         path=path,
         plugins=tuple(plugins),
         artefacts=artefacts,
+        loggers=loggers,
+        tunes=tuple(tunes) if any(t is not None for t in tunes) else (),
     )
 
 

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from distillbench.harness.errors import DataError, DistillBenchError
+from distillbench.harness.errors import ConfigError, DataError, DistillBenchError
 
 SCHEMA_VERSION = 1
 
@@ -48,10 +48,11 @@ _I = pa.int64()
 _TS = pa.timestamp("us", tz="UTC")
 
 GROUPS = ("identity", "metrics", "cost", "provenance", "status")
-# Finer sets inside a group that code selects together. accuracy, bias and long_tail are what an evaluation
-# measures (each an attribute of ``EvalResult`` of the same name); versions are the provenance the
-# leaderboard summarises.
-FAMILIES = ("accuracy", "bias", "long_tail", "versions")
+# Finer sets inside a group that code selects together. accuracy, validation, bias and long_tail are what an
+# evaluation measures (each an attribute of ``EvalResult`` of the same name); validation holds the metrics of
+# the validation split, the only ones a search may optimise (harness/tuning.py); versions are the provenance
+# the leaderboard summarises; tuning the columns of searched and tuned trials.
+FAMILIES = ("accuracy", "validation", "bias", "long_tail", "versions", "tuning")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,8 @@ class Column:
         group: one of :data:`GROUPS`.
         label: what the leaderboard's CSV, HTML and Markdown headers show; the name when not given.
         family: one of :data:`FAMILIES`, or None.
+        tracked: a scalar metric a trial reports to Ray Tune (and so to its TensorBoard, MLflow and W&B
+            loggers) when it ends; see :func:`tracked_values`.
     """
 
     name: str
@@ -73,10 +76,13 @@ class Column:
     group: str
     label: str = ""
     family: str | None = None
+    tracked: bool = False
 
     def __post_init__(self) -> None:
         if self.group not in GROUPS or (self.family is not None and self.family not in FAMILIES):
             raise ValueError(f"column {self.name!r}: unknown group {self.group!r} or family {self.family!r}")
+        if self.tracked and not (pa.types.is_floating(self.type) or pa.types.is_integer(self.type)):
+            raise ValueError(f"column {self.name!r}: only a number can be tracked, not {self.type}")
         if not self.label:
             object.__setattr__(self, "label", self.name)
 
@@ -106,14 +112,46 @@ COLUMNS: tuple[Column, ...] = (
     _identity("protocol_version", _I, "evaluation protocol version"),
     _identity("eval_network", _S, "network spec trained by the protocol"),
     _identity("spec_json", _S, "the full resolved trial spec as canonical JSON"),
+    # tuning (harness/tuning.py): null for trials that no tune: section made
+    _identity(
+        "tuning_id", _S, "the search this trial belongs to (hash of the cell, tune settings and space)", family="tuning"
+    ),
+    _identity(
+        "tune_role",
+        _S,
+        "search (a trial of the search, not a result) or final (the chosen configuration)",
+        family="tuning",
+    ),
+    _identity(
+        "tune_budget",
+        _S,
+        "the search budget of every cell of the block, e.g. 16 trials or 2.5 trial-hours",
+        family="tuning",
+    ),
+    _identity(
+        "tune_budget_spent",
+        _F,
+        "final rows: budget the search used, in the budget's unit (an early-stopped trial counts as one trial, or "
+        "with the hours it ran; an error does not count); null on search rows",
+        family="tuning",
+    ),
+    _identity("tune_space_hash", _S, "hash of the method's search space", family="tuning"),
+    _identity(
+        "tune_params", _S, "search rows: the sampled parameters; final rows: the chosen ones (JSON)", family="tuning"
+    ),
     # metrics (fractions in [0, 1]; null where they do not apply)
-    _metric("acc_mean", _F, "mean test accuracy over the K evaluation models", family="accuracy"),
-    _metric("acc_std", _F, "std (ddof=0) of the test accuracy over the K models", family="accuracy"),
+    _metric("acc_mean", _F, "mean test accuracy over the K evaluation models", family="accuracy", tracked=True),
+    _metric("acc_std", _F, "std (ddof=0) of the test accuracy over the K models", family="accuracy", tracked=True),
     _metric("acc_per_model", _LF, "test accuracy of each evaluation model", family="accuracy"),
     _metric("acc_per_class", _LF, "per-class test accuracy, averaged over the models", family="accuracy"),
-    _metric("val_acc_mean", _F, "mean validation-split accuracy over the models", family="accuracy"),
+    _metric("val_acc_mean", _F, "mean validation-split accuracy over the models", family="validation", tracked=True),
     _metric(
-        "acc_aligned", _F, "accuracy on bias-aligned test samples (biased datasets)", label="Aligned", family="bias"
+        "acc_aligned",
+        _F,
+        "accuracy on bias-aligned test samples (biased datasets)",
+        label="Aligned",
+        family="bias",
+        tracked=True,
     ),
     _metric(
         "acc_conflicting",
@@ -121,27 +159,54 @@ COLUMNS: tuple[Column, ...] = (
         "accuracy on bias-conflicting test samples (biased datasets)",
         label="Conflicting",
         family="bias",
+        tracked=True,
     ),
     _metric(
-        "acc_worst_group", _F, "worst accuracy over (class, bias attribute) groups", label="Worst group", family="bias"
+        "acc_worst_group",
+        _F,
+        "worst accuracy over (class, bias attribute) groups",
+        label="Worst group",
+        family="bias",
+        tracked=True,
     ),
-    _metric("acc_many", _F, "accuracy on many-shot classes (long-tailed data)", label="Many", family="long_tail"),
-    _metric("acc_medium", _F, "accuracy on medium-shot classes (long-tailed data)", label="Medium", family="long_tail"),
-    _metric("acc_few", _F, "accuracy on few-shot classes (long-tailed data)", label="Few", family="long_tail"),
+    _metric(
+        "acc_many",
+        _F,
+        "accuracy on many-shot classes (long-tailed data)",
+        label="Many",
+        family="long_tail",
+        tracked=True,
+    ),
+    _metric(
+        "acc_medium",
+        _F,
+        "accuracy on medium-shot classes (long-tailed data)",
+        label="Medium",
+        family="long_tail",
+        tracked=True,
+    ),
+    _metric(
+        "acc_few", _F, "accuracy on few-shot classes (long-tailed data)", label="Few", family="long_tail", tracked=True
+    ),
     _metric("n_eval_models", _I, "K, the number of evaluation models"),
     _metric("train_class_counts", _LI, "training samples per class of the real data"),
     _metric("n_distilled", _I, "number of samples in the distilled set"),
     _metric("soft_labels", pa.bool_(), "whether the distilled set carries soft labels"),
     _metric("label_tau", _F, "logit-adjustment tau chosen by the adsa label stage (null for other label stages)"),
-    _cost("distill_seconds", _F, "wall time of distillation (0 when the set was reused)"),
+    _cost("distill_seconds", _F, "wall time of distillation (0 when the set was reused)", tracked=True),
     _cost(
         "buffer_seconds",
         _F,
         "wall time this trial spent building the cached expert trajectories its method trains on (0 when they "
         "were reused, null for methods without them); included in distill_seconds",
     ),
-    _cost("eval_seconds", _F, "wall time of the evaluation"),
-    _cost("peak_memory_bytes", _I, "peak CUDA memory, or peak resident memory of the process during the trial (CPU)"),
+    _cost("eval_seconds", _F, "wall time of the evaluation", tracked=True),
+    _cost(
+        "peak_memory_bytes",
+        _I,
+        "peak CUDA memory, or peak resident memory of the process during the trial (CPU)",
+        tracked=True,
+    ),
     _cost("device", _S, "device of the computation, e.g. cpu or cuda:0 (NVIDIA H100)"),
     _cost("set_bytes", _I, "bytes of the distilled set's tensors"),
     _cost("set_reused", pa.bool_(), "the set was loaded from the store instead of distilled again"),
@@ -161,7 +226,7 @@ COLUMNS: tuple[Column, ...] = (
     _provenance("start_time", _TS, "trial start (UTC)"),
     _provenance("end_time", _TS, "trial end (UTC)"),
     _provenance("schema_version", _I, "version of this schema"),
-    _status("status", _S, "ok, error or diverged"),
+    _status("status", _S, "ok, error, diverged, or stopped (a search trial ended early by ASHA)"),
     _status("error", _S, "error text when status is not ok"),
     _status(
         "effective_method_params",
@@ -195,7 +260,9 @@ def column_names(*, group: str | None = None, family: str | Iterable[str] | None
 
 SCHEMA = pa.schema([pa.field(c.name, c.type) for c in COLUMNS])
 COLUMN_NAMES = column_names()
-STATUSES = ("ok", "error", "diverged")
+# stopped: a search trial that early stopping (ASHA) ended before its evaluation; a result of the search
+# (it used budget, it is not run again) that holds no accuracy.
+STATUSES = ("ok", "error", "diverged", "stopped")
 _TIME_COLUMNS = tuple(c.name for c in COLUMNS if pa.types.is_timestamp(c.type))
 
 
@@ -205,7 +272,8 @@ def trial_status(statuses: Iterable[str]) -> str:
     The worst row decides: ``ok`` only if every row is ok, ``error`` if any row is error (or holds a status
     this version does not know), else ``diverged``. Error outranks diverged because an error row means that
     network has no result yet, so the trial must run again; a diverged row is a result. The order of the
-    rows never matters.
+    rows never matters. ``stopped`` (a search trial ended early, which has one row) is the status only when
+    every row says so; mixed with others it counts as ``diverged`` (a result without every accuracy).
 
     Raises:
         ValueError: ``statuses`` is empty (a trial without rows has no status).
@@ -221,7 +289,9 @@ def trial_status(statuses: Iterable[str]) -> str:
         raise ValueError("a trial without rows has no status")
     if seen <= {"ok"}:
         return "ok"
-    return "diverged" if seen <= {"ok", "diverged"} else "error"
+    if seen == {"stopped"}:
+        return "stopped"
+    return "diverged" if seen <= {"ok", "diverged", "stopped"} else "error"
 
 
 # ------------------------------------------------------------------------------------- locations
@@ -465,6 +535,25 @@ def rows_to_json(rows: list[Mapping[str, Any]]) -> str:
 def rows_from_json(text: str) -> list[dict[str, Any]]:
     """Inverse of :func:`rows_to_json`."""
     return [make_row(r) for r in json.loads(text)]
+
+
+def tracked_values(rows: list[Mapping[str, Any]]) -> dict[str, float]:
+    """A trial's tracked scalar metrics (columns declared ``tracked=True``) as numbers for Tune and its loggers.
+
+    The first row (the protocol's primary network) gives the plain column names, e.g. ``acc_mean``; a
+    further row, of another evaluation network, gives ``<name>/<network>`` (the network spec with characters
+    trackers refuse in names replaced by ``_``). Nulls and NaN (a metric that does not apply) are left out.
+    """
+    import re
+
+    out: dict[str, float] = {}
+    for i, row in enumerate(rows):
+        suffix = "" if i == 0 else "/" + re.sub(r"[^\w.\-]+", "_", str(row.get("eval_network"))).strip("_")
+        for column in COLUMNS:
+            value = row.get(column.name) if column.tracked else None
+            if isinstance(value, int | float) and not isinstance(value, bool) and value == value:  # not NaN
+                out[column.name + suffix] = value
+    return out
 
 
 def write_rows(results: str | Path | Location, rows: list[Mapping[str, Any]]) -> Path | str:
@@ -771,11 +860,17 @@ def read_table(
 
     Raises:
         DataError: a bad file and no ``on_bad``, or a row written by a newer schema version.
+        ConfigError: ``columns`` names a column the schema does not have.
     """
     wanted = list(columns) if columns is not None else list(COLUMN_NAMES)
     unknown = [c for c in wanted if c not in COLUMN_NAMES]
     if unknown:
-        raise ValueError(f"unknown row columns {unknown}; the schema is declared in harness/store.py")
+        import difflib
+
+        close = sorted({m for c in unknown for m in difflib.get_close_matches(c, COLUMN_NAMES, n=3, cutoff=0.6)})
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        # A ConfigError (a ValueError): the columns may come from a user (distillbench.load_results).
+        raise ConfigError(f"unknown row columns {unknown}.{hint} The schema is declared in harness/store.py")
     extra = [_STAMP, _FILE] if _internal else []
     tables = []
     for result_dir in results:

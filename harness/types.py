@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 import torch
 
+from distillbench.harness.progress import emit
+
 Modality = Literal["image", "text"]
 
 
@@ -101,7 +103,9 @@ class DistilledSet:
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
 
-ProgressFn = Callable[[float, str], None]
+# ``progress(fraction_done, message)``; a callback that also takes ``**values`` gets the event's numbers
+# (phase, iteration, loss, ...) and finer events too (see distillbench.harness.progress).
+ProgressFn = Callable[..., None]
 
 
 @dataclasses.dataclass
@@ -113,7 +117,8 @@ class Context:
         generator: the only source of randomness a method may use (seeded from the trial seed).
         seed: the integer behind ``generator``, for code that needs to derive further generators.
         weights: per-sample weights of the real training set (``None`` without a weighting).
-        progress: optional callback ``(fraction_done, message)``.
+        progress: optional callback ``(fraction_done, message)``; one that also takes ``**values`` receives
+            the numbers of each event as well (:mod:`distillbench.harness.progress`).
         time_budget_s: optional soft wall-clock budget; methods may stop early and record it.
         checkpoint: periodic loop checkpoints (``resume`` / ``maybe_save``; see
             :mod:`distillbench.harness.checkpoint`); a no-op unless the runner gives the trial one.
@@ -122,6 +127,8 @@ class Context:
         results: the trial's results directory (a local path, a URI or a store ``Location``), where cached
             artefacts shared by trials and nodes live (``<results>/buffers``); ``None`` without one (the
             user cache is used instead).
+        probe: a :class:`~distillbench.harness.probe.Probe` when the trial is a search trial under early
+            stopping: iterative methods show it their set at a few iterations (through ``LossTracker``).
     """
 
     device: torch.device
@@ -133,11 +140,17 @@ class Context:
     checkpoint: Any = dataclasses.field(default_factory=lambda: _no_checkpoint())
     cache_dir: Path | None = None
     results: Any = None
+    probe: Any = None
 
-    def report(self, fraction: float, message: str = "") -> None:
-        """Forward progress to the callback, if any."""
+    def report(self, fraction: float, message: str = "", *, fine: bool = False, **values: Any) -> None:
+        """Forward progress to the callback, if any.
+
+        ``values`` are the event's numbers (``iteration=``, ``iterations=``, ``loss=``, ...), passed on to
+        callbacks that take them; ``fine=True`` marks an in-between event that two-argument callbacks do
+        not get (:func:`distillbench.harness.progress.emit`).
+        """
         if self.progress is not None:
-            self.progress(fraction, message)
+            emit(self.progress, fraction, message, fine=fine, **values)
 
 
 def _no_checkpoint() -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 from distillbench.harness.errors import DistillBenchError
 from distillbench.harness.registry import natural_key
-from distillbench.harness.store import atomic_write
+from distillbench.harness.store import atomic_write, column_names
 from distillbench.leaderboard.markdown import render_csv, render_markdown
 from distillbench.leaderboard.reported import ReportedNumber, load_reported
 from distillbench.leaderboard.tables import (
@@ -33,6 +33,7 @@ from distillbench.leaderboard.tables import (
     CostRow,
     Provenance,
     Table,
+    TuningRow,
     _accuracies,
     _config_sort_key,
     _deduplicate,
@@ -40,6 +41,8 @@ from distillbench.leaderboard.tables import (
     build_cost,
     build_provenance,
     build_tables,
+    build_tuning,
+    tuned_label,
 )
 
 MARKDOWN_NAME = "leaderboard.md"
@@ -76,6 +79,10 @@ _READ_COLUMNS = [
     "status",
     "error",
     "end_time",
+    # tuning (harness/tuning.py): search rows leave the tables, final rows are marked as tuned
+    "val_acc_mean",
+    "start_time",
+    *column_names(family="tuning"),
 ]
 
 
@@ -100,6 +107,7 @@ class LeaderboardResult:
         html_path: the self-contained HTML page.
         cost: cost rows, in the order of the cost table.
         provenance: versions and protocols found in the selected rows.
+        tuning: one row per search of a tuned block (its search rows are not in the tables).
     """
 
     markdown_path: Path
@@ -113,6 +121,7 @@ class LeaderboardResult:
     html_path: Path | None = None
     cost: list[CostRow] = dataclasses.field(default_factory=list)
     provenance: Provenance | None = None
+    tuning: list[TuningRow] = dataclasses.field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------- the build
@@ -167,6 +176,16 @@ def build_leaderboard(
     records = [_normalise(rec) for rec in frame.to_dict("records")]
     n_rows = len(records)
     selected = _deduplicate(r for r in records if _selected(r, grid=grid, dataset=dataset, protocol=protocol))
+    # Search trials of tuned blocks are the search's record, not results: they leave the tables (and the
+    # failures); the tuning section summarises them. Final trials show as "method (tuned, budget)".
+    selected = _without_superseded_finals(selected)
+    tuning = build_tuning(
+        [r for r in selected if r.get("tune_role") == "search"], [r for r in selected if r.get("tune_role") == "final"]
+    )
+    selected = [r for r in selected if r.get("tune_role") != "search"]
+    for rec in selected:
+        if rec.get("tune_role") == "final":
+            rec["method"] = tuned_label(rec)
 
     ok_rows, failures = [], []
     for rec in selected:
@@ -191,6 +210,7 @@ def build_leaderboard(
         "n_ok": len(ok_rows),
         "skipped_files": [Path(p).name for p, _ in skipped],
         "filters": filters,
+        "tuning": tuning,
     }
     markdown = render_markdown(tables, cost=cost, provenance=provenance, **summary)
     _check_out_dir(out_dir)
@@ -213,7 +233,23 @@ def build_leaderboard(
         html_path=html_path,
         cost=cost,
         provenance=provenance,
+        tuning=tuning,
     )
+
+
+def _without_superseded_finals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` without final rows of a search whose newer final rows chose other parameters.
+
+    That happens only when search rows were removed and the search ran again and chose anew: the latest
+    choice of a tuning id (the parameters of its last final row to end) is its result.
+    """
+    latest: dict[str, tuple[tuple[str, str], Any]] = {}
+    for row in rows:
+        if row.get("tune_role") == "final":
+            key = (row["end_time"], row["trial_id"])
+            if row["tuning_id"] not in latest or key > latest[row["tuning_id"]][0]:
+                latest[row["tuning_id"]] = (key, row.get("tune_params"))
+    return [r for r in rows if r.get("tune_role") != "final" or r.get("tune_params") == latest[r["tuning_id"]][1]]
 
 
 def _matches(value: str, pattern: str | None) -> bool:

@@ -25,7 +25,7 @@ import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from distillbench.leaderboard.markdown import INTRO, format_bytes, format_hours
+from distillbench.leaderboard.markdown import INTRO, TUNING_INTRO, format_bytes, format_hours
 from distillbench.leaderboard.stats import ALPHA, MIN_SEEDS
 from distillbench.leaderboard.tables import (
     BIAS_METRICS,
@@ -35,8 +35,10 @@ from distillbench.leaderboard.tables import (
     CostRow,
     Provenance,
     Table,
+    TuningRow,
     config_label,
     distinct_reported,
+    unequal_budgets,
 )
 
 PALETTE = (
@@ -158,6 +160,7 @@ def render_html(
     cost: Sequence[CostRow] = (),
     provenance: Provenance | None = None,
     generated_at: str | None = None,
+    tuning: Sequence[TuningRow] = (),
 ) -> str:
     """The leaderboard as one self-contained HTML page.
 
@@ -171,6 +174,7 @@ def render_html(
         cost: cost rows.
         provenance: versions and protocols found in the rows.
         generated_at: generation time to show (default: now, UTC).
+        tuning: the searches of tuned blocks (:func:`~distillbench.leaderboard.tables.build_tuning`).
 
     Returns:
         The HTML document.
@@ -214,6 +218,8 @@ def render_html(
         out.append(f'<p class="muted">{_inline_md(INTRO)}</p>')
     for index, table in enumerate(tables):
         out += _table_section(table, index)
+    if tuning:
+        out += _tuning_section(tuning)
     if cost:
         out += _cost_section(cost)
     numbers = distinct_reported(tables)
@@ -318,6 +324,31 @@ def _metric_table(table: Table, kind: str, metrics: Sequence[tuple[str, str]]) -
                     )
             out.append("<tr>" + "".join(tds) + "</tr>")
     out.append("</tbody></table></div>")
+    return out
+
+
+def _tuning_section(tuning: Sequence[TuningRow]) -> list[str]:
+    out = [
+        "<h2>Tuning</h2>",
+        f'<p class="muted">{_inline_md(TUNING_INTRO)}</p>',
+        '<div class="scroll"><table class="sortable tuning"><thead><tr><th>Dataset</th><th>Protocol</th>'
+        "<th>Method</th><th>IPC</th><th>Budget</th><th>Spent</th><th>Search trials</th><th>Stopped early</th>"
+        "<th>Failed</th><th>Chosen</th><th>Val</th><th>Search h</th><th>Final h</th></tr></thead><tbody>",
+    ]
+    for t in tuning:
+        spent = MISSING if t.spent is None else f"{t.spent:g}"
+        val = MISSING if t.objective is None else f"{t.objective:.2f}"
+        out.append(
+            f'<tr data-dataset="{_e(t.dataset)}" data-protocol="{_e(t.protocol_id)}">'
+            f"<td>{_e(t.dataset)}</td><td>{_e(t.protocol_id)}</td><td>{_e(t.label)}</td>"
+            f'<td class="num">{t.ipc}</td><td>{_e(t.budget)}</td><td class="num">{spent}</td>'
+            f'<td class="num">{t.trials}</td><td class="num">{t.stopped}</td><td class="num">{t.failed}</td>'
+            f'<td><code>{_e(t.chosen or "(search not finished)")}</code></td><td class="num">{val}</td>'
+            f'<td class="num">{format_hours(t.search_hours)}</td>'
+            f'<td class="num">{format_hours(t.final_hours)}</td></tr>'
+        )
+    out.append("</tbody></table></div>")
+    out += [f"<p><b>Unequal budgets:</b> {_e(line)}.</p>" for line in unequal_budgets(tuning)]
     return out
 
 

@@ -52,9 +52,11 @@ from distillbench.leaderboard.tables import (
     CostRow,
     Provenance,
     Table,
+    TuningRow,
     _config_sort_key,
     config_label,
     distinct_reported,
+    unequal_budgets,
 )
 
 CSV_COLUMNS = (
@@ -98,6 +100,7 @@ def render_markdown(
     filters: Mapping[str, str] | None = None,
     cost: Sequence[CostRow] = (),
     provenance: Provenance | None = None,
+    tuning: Sequence[TuningRow] = (),
 ) -> str:
     """The leaderboard as Markdown (deterministic; no timestamps, nothing about the generating machine).
 
@@ -110,6 +113,7 @@ def render_markdown(
         filters: filters applied, shown in the summary.
         cost: rows of the cost table, from :func:`build_cost`.
         provenance: versions and protocols of the rows, from :func:`build_provenance`.
+        tuning: the searches of tuned blocks, from :func:`build_tuning`.
 
     Returns:
         The Markdown text, ending with a newline.
@@ -134,6 +138,8 @@ def render_markdown(
         lines += [f"{INTRO}", ""]
         for table in tables:
             lines += _render_table(table)
+    if tuning:
+        lines += _render_tuning(tuning)
     if cost:
         lines += _render_cost(cost)
     numbers = distinct_reported(tables)
@@ -305,6 +311,41 @@ def _human_bytes(size: int) -> str:
             return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024.0
     return f"{size} B"  # pragma: no cover
+
+
+TUNING_INTRO = (
+    "Rows named `method (tuned, budget)` ran the configuration a search chose for that cell: every method of a "
+    "tuned block searched with the same budget, each configuration scored by its validation accuracy on one "
+    "tuning seed; the test split was never read. The final trials ran on the block's seeds, which the search "
+    "never used. Search trials are not in the tables. Spent: budget used (a trial stopped early by ASHA counts "
+    "as one trial, or with the hours it ran; a trial that failed with an error does not count). Val: the chosen "
+    "configuration's validation accuracy in the search (percent). Hours: wall time of the trials, start to end."
+)
+
+
+def _render_tuning(tuning: Sequence[TuningRow]) -> list[str]:
+    lines = [
+        "## Tuning",
+        "",
+        TUNING_INTRO,
+        "",
+        "| Dataset | Protocol | Method | IPC | Budget | Spent | Search trials | Stopped early | Failed | Chosen | "
+        "Val | Search h | Final h |",
+        "|---|---|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for t in tuning:
+        spent = MISSING if t.spent is None else f"{t.spent:g}"
+        val = MISSING if t.objective is None else f"{t.objective:.2f}"
+        chosen = _code(t.chosen) if t.chosen else "(search not finished)"
+        lines.append(
+            f"| {_escape(t.dataset)} | {_escape(t.protocol_id)} | {_escape(t.label)} | {t.ipc} | {_escape(t.budget)} | "
+            f"{spent} | {t.trials} | {t.stopped} | {t.failed} | {chosen} | {val} | {format_hours(t.search_hours)} | "
+            f"{format_hours(t.final_hours)} |"
+        )
+    lines.append("")
+    for line in unequal_budgets(tuning):
+        lines += [f"> **Unequal budgets:** {_escape_text(line)}.", ""]
+    return lines
 
 
 def _render_cost(cost: Sequence[CostRow]) -> list[str]:

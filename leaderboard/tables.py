@@ -383,8 +383,9 @@ def _normalise(record: Mapping[str, Any]) -> dict[str, Any]:
     """Plain Python values: None for nulls, int / float / str scalars, list of floats for accuracies."""
     out: dict[str, Any] = {}
     for key, value in record.items():
-        if key == "end_time":
-            # A timestamp, None or NaT (which is not equal to itself); only used to pick among duplicates.
+        if key in ("end_time", "start_time"):
+            # A timestamp, None or NaT (which is not equal to itself); end_time picks among duplicates, both
+            # give the wall time of tuning's search and final trials.
             out[key] = "" if value is None or value != value else str(value)
             continue
         if key == "acc_per_model":
@@ -510,3 +511,120 @@ def reported_text(number: ReportedNumber, mean: float) -> str:
     """``reported 97.4 [DC-readme], diff -0.28`` (with ``UNVERIFIED`` or ``secondary`` when flagged)."""
     flag = f" {number.flag}" if number.flag else ""
     return f"reported {number.format_value()}{flag} [{number.source.key}], diff {mean - number.value:+.2f}"
+
+
+# ------------------------------------------------------------------------------------- tuning
+@dataclasses.dataclass(frozen=True)
+class TuningRow:
+    """One search of a tuned block and what came of it (search rows never enter the tables).
+
+    Attributes:
+        dataset: dataset display name.
+        protocol_id: ``name@version``.
+        label: the tuned configuration's row name in the tables, e.g. ``dm (tuned, 16 trials)``.
+        ipc: samples per class.
+        budget: the block's budget, e.g. ``16 trials``.
+        spent: budget the search used (from its final rows; from its search rows while it has none).
+        trials: search trials with a row; stopped: of those, stopped early by ASHA; failed: with an error.
+        chosen: the chosen parameters (JSON), or None before the final trials ran.
+        objective: validation accuracy (percent) of the chosen configuration in the search, when known.
+        search_hours: wall hours of the search trials (start to end of each, summed).
+        final_hours: wall hours of the final trials.
+        final_trials: final trials with a row.
+    """
+
+    dataset: str
+    protocol_id: str
+    label: str
+    ipc: int
+    budget: str
+    spent: float | None
+    trials: int
+    stopped: int
+    failed: int
+    chosen: str | None
+    objective: float | None
+    search_hours: float
+    final_hours: float
+    final_trials: int
+
+
+def untuned_method(method: str, tune_params: str | None) -> str:
+    """``method`` without the parameters a search chose: ``dm[iterations=200,lr_img=3.1]`` -> ``dm[iterations=200]``."""
+    from distillbench.harness.params import parse_spec
+
+    try:
+        name, raw = parse_spec(method)
+        chosen = set(json.loads(tune_params or "{}"))
+    except (DistillBenchError, ValueError):
+        return method
+    kept = {k: v for k, v in raw.items() if k not in chosen}
+    return f"{name}[{','.join(f'{k}={v}' for k, v in kept.items())}]" if kept else name
+
+
+def tuned_label(row: Mapping[str, Any]) -> str:
+    """The method name of a final row in the tables: ``dm (tuned, 16 trials)``, beside the untuned ``dm``."""
+    return f"{untuned_method(row['method'], row.get('tune_params'))} (tuned, {row.get('tune_budget') or 'budget?'})"
+
+
+def _hours(row: Mapping[str, Any]) -> float:
+    import datetime
+
+    try:
+        start = datetime.datetime.fromisoformat(str(row.get("start_time")))
+        end = datetime.datetime.fromisoformat(str(row.get("end_time")))
+    except ValueError:
+        return 0.0
+    return max(0.0, (end - start).total_seconds()) / 3600.0
+
+
+def build_tuning(search_rows: Iterable[Mapping[str, Any]], final_rows: Iterable[Mapping[str, Any]]) -> list[TuningRow]:
+    """One :class:`TuningRow` per tuning id of ``search_rows`` and ``final_rows`` (normalised rows, any status)."""
+    searches: dict[str, list[Mapping[str, Any]]] = {}
+    finals: dict[str, list[Mapping[str, Any]]] = {}
+    for row in search_rows:
+        searches.setdefault(row["tuning_id"], []).append(row)
+    for row in final_rows:
+        finals.setdefault(row["tuning_id"], []).append(row)
+    out = []
+    for tuning_id in sorted(set(searches) | set(finals)):
+        rows_s, rows_f = searches.get(tuning_id, []), finals.get(tuning_id, [])
+        first = (rows_f or rows_s)[0]
+        per_trial = {r["trial_id"]: r for r in rows_s}
+        chosen = next((r.get("tune_params") for r in rows_f if r.get("tune_params")), None)
+        picked = [r for r in per_trial.values() if chosen is not None and r.get("tune_params") == chosen]
+        scored = [r["val_acc_mean"] for r in picked if r.get("status") == "ok" and r.get("val_acc_mean") is not None]
+        spent = next((r["tune_budget_spent"] for r in rows_f if r.get("tune_budget_spent") is not None), None)
+        out.append(
+            TuningRow(
+                dataset=first["dataset"],
+                protocol_id=f"{first['protocol']}@{first['protocol_version']}",
+                label=tuned_label(first),
+                ipc=first["ipc"],
+                budget=first.get("tune_budget") or "",
+                spent=spent,
+                trials=len(per_trial),
+                stopped=sum(1 for r in per_trial.values() if r.get("status") == "stopped"),
+                failed=sum(1 for r in per_trial.values() if r.get("status") == "error"),
+                chosen=chosen,
+                objective=100.0 * max(scored) if scored else None,
+                search_hours=math.fsum(sorted(_hours(r) for r in per_trial.values())),
+                final_hours=math.fsum(sorted(_hours(r) for r in {r["trial_id"]: r for r in rows_f}.values())),
+                final_trials=len({r["trial_id"] for r in rows_f}),
+            )
+        )
+    out.sort(key=lambda t: (natural_key(t.dataset), t.dataset, natural_key(t.protocol_id), natural_key(t.label), t.ipc))
+    return out
+
+
+def unequal_budgets(tuning: Sequence[TuningRow]) -> list[str]:
+    """Lines naming each (dataset, protocol) whose tuned rows had different budgets (not a fair comparison)."""
+    budgets: dict[tuple[str, str], dict[str, str]] = {}
+    for t in tuning:
+        budgets.setdefault((t.dataset, t.protocol_id), {})[t.label] = t.budget
+    lines = []
+    for (dataset, protocol_id), by_label in sorted(budgets.items()):
+        if len(set(by_label.values())) > 1:
+            shown = ", ".join(f"{label}: {budget}" for label, budget in sorted(by_label.items()))
+            lines.append(f"{dataset}, {protocol_id}: tuned with unequal budgets ({shown})")
+    return lines

@@ -488,6 +488,7 @@ def run_gradient_matching(
         ctx,
         f"(lr_img={p.lr_img}, lr_net={p.lr_net}); lower the learning rates",
         start_message=f"starting ({outer_loop} outer x {inner_loop} inner steps per iteration)",
+        current=lambda: (syn, labels),
     )
 
     start = ctx.checkpoint.resume(syn=syn, opt=opt_img, gen=gen, tracker=tracker)

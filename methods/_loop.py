@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from distillbench.harness.errors import DivergedError
+from distillbench.harness.progress import takes_values
 from distillbench.harness.types import Context
 
 
@@ -25,6 +27,9 @@ class LossTracker:
         total: planned number of iterations.
         ctx: the trial context (progress callback and time budget).
         hint: what to lower when the loss diverges, e.g. ``"(lr_img=1.0); lower lr_img"``.
+        current: returns the synthetic set as it is now, ``(x, y)``; with it, a probe the runner put in
+            ``ctx.probe`` (a search with early stopping, :mod:`distillbench.harness.probe`) evaluates the set at
+            a few iterations. The one place every iterative method's intermediate evaluation goes through.
 
     Example:
         >>> tracker = LossTracker("dm", 100, ctx, "(lr_img=1.0); lower lr_img")  # doctest: +SKIP
@@ -33,8 +38,19 @@ class LossTracker:
         ...         break
     """
 
-    def __init__(self, method: str, total: int, ctx: Context, hint: str, start_message: str = "starting") -> None:
+    def __init__(
+        self,
+        method: str,
+        total: int,
+        ctx: Context,
+        hint: str,
+        start_message: str = "starting",
+        current: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
         self.method, self.total, self.ctx, self.hint = method, total, ctx, hint
+        # Probing costs nothing unless the runner asked for it (ctx.probe) and the method can show its set.
+        self.probe = ctx.probe if current is not None else None
+        self.current = current
         self.report_every = max(1, total // 100)
         self.window_sum: torch.Tensor | float = 0.0
         self.window_start = 0
@@ -43,7 +59,10 @@ class LossTracker:
         self.curve: list[list[float]] = []
         self.stopped_early = False
         self.start = time.monotonic()
-        ctx.report(0.0, f"{method}: {start_message}")
+        # Callbacks that take values also get each iteration (a fine event; they rate-limit themselves), so a
+        # slow loop shows its progress between the report windows; the others only see the windows.
+        self.fine = ctx.progress is not None and takes_values(ctx.progress)
+        ctx.report(0.0, f"{method}: {start_message}", iteration=0, iterations=total)
 
     def step(self, loss: torch.Tensor | float, note: str = "") -> bool:
         """Record one iteration's loss; return True when the time budget is spent and the run must stop.
@@ -65,10 +84,27 @@ class LossTracker:
             self.curve.append([self.done, mean])
             suffix = f" ({note})" if note else ""
             self.ctx.report(
-                self.done / self.total, f"{self.method}: iteration {self.done}/{self.total}{suffix}, loss {mean:.4g}"
+                self.done / self.total,
+                f"{self.method}: iteration {self.done}/{self.total}{suffix}, loss {mean:.4g}",
+                iteration=self.done,
+                iterations=self.total,
+                loss=mean,
             )
             self.window_sum = 0.0
             self.window_start = self.done
+        elif self.fine:
+            # The loss shown is the last window's mean: reading this iteration's would wait for the GPU.
+            loss = {"loss": self.curve[-1][1]} if self.curve else {}
+            self.ctx.report(
+                self.done / self.total,
+                f"{self.method}: iteration {self.done}/{self.total}",
+                fine=True,
+                iteration=self.done,
+                iterations=self.total,
+                **loss,
+            )
+        if self.probe is not None:
+            self.probe.after(self.done, self.total, self.current, self.ctx)
         if out_of_time and self.done < self.total:
             self.stopped_early = True
             return True

@@ -305,7 +305,17 @@ def run_trajectory_matching(
     aug = DSA(method.strategy(info))
     n = syn.shape[0]
     batch = min(p.batch_syn or n, n)
-    tracker = LossTracker(name, p.iterations, ctx, f"(lr_img={p.lr_img}, lr_lr={p.lr_lr}); lower the learning rates")
+    tracker = LossTracker(
+        name,
+        p.iterations,
+        ctx,
+        f"(lr_img={p.lr_img}, lr_lr={p.lr_lr}); lower the learning rates",
+        # The set as it would be returned now (the EMA images and DATM's soft labels where they apply).
+        current=lambda: (
+            ema if ema is not None else syn,
+            F.softmax(label_logits.detach(), dim=1) if label_logits is not None else labels,
+        ),
+    )
     start = ctx.checkpoint.resume(**state, gen=gen, tracker=tracker, start_counts=start_counts, skipped=skipped)
     step_fn = _tesla_gradients if p.tesla else _unrolled_gradients
     for it in range(start, p.iterations):

@@ -54,7 +54,8 @@ Binary tasks use two logits with cross-entropy (the DD code used one logit with 
 
 Text (METHODS.md section 2, TDD): on a text dataset the samples live in embedding space, each a
 ``[max_len, D]`` tensor initialised N(0, 1) (D the dataset's word-vector width), and the network
-(``dd[net=textcnn]``, ``birnn`` or ``bilstm``) consumes them directly instead of looking up token ids;
+(``textcnn`` by default: ``net=auto`` is ``lenet`` on images and ``textcnn`` on text; or ``birnn``,
+``bilstm``) consumes them directly instead of looking up token ids;
 the real batches stay token ids. ``distillbench show SET_FILE`` prints the nearest vocabulary words.
 
 Implementation notes: every random draw comes from ``ctx.generator`` (initial samples, real batch
@@ -76,6 +77,7 @@ from torch.func import functional_call
 
 from distillbench.harness.errors import ConfigError, DivergedError
 from distillbench.harness.networks import resolve_network
+from distillbench.harness.params import resolve_auto
 from distillbench.harness.plugins import register_method
 from distillbench.harness.replay import unroll
 from distillbench.harness.seeding import derive_seed, torch_generator
@@ -107,7 +109,15 @@ class DDParams:
     init: Literal["fixed", "random"] = dataclasses.field(
         default="fixed", metadata={"help": "fixed: one initial network (known_init); random: fresh ones (unknown_init)"}
     )
-    net: str = dataclasses.field(default="lenet", metadata={"help": "network spec trained by the inner steps"})
+    # "auto" resolves per modality before ids are hashed (harness/params.py), so image trials keep the
+    # ids they had when lenet was the literal default.
+    net: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "network spec trained by the inner steps; auto = lenet on images, textcnn on text",
+            "auto": {"image": "lenet", "text": "textcnn"},
+        },
+    )
     soft_labels: bool = dataclasses.field(
         default=False, metadata={"help": "learn one label vector per sample (Sucholutsky & Schonlau)"}
     )
@@ -238,9 +248,13 @@ class DatasetDistillation(DistillationMethod):
             classes = tuple(cycle[i % len(cycle)] for i in range(per_step))  # class-interleaved, as the SLDD code
         return _Layout(steps=steps, per_step=per_step, classes=classes)
 
+    def network(self, info: DatasetInfo) -> str:
+        """The network spec trained on ``info``: ``net``, with ``auto`` resolved for the dataset's modality."""
+        return resolve_auto(self.params, info.modality).net
+
     def validate(self, info: DatasetInfo, ipc: int) -> None:
         super().validate(info, ipc)
-        resolve_network(self.params.net).validate(info)
+        resolve_network(self.network(info)).validate(info)
         self.layout(info, ipc)
 
     def distill(self, data: DataBundle, ipc: int, ctx: Context) -> DistilledSet:
@@ -252,7 +266,8 @@ class DatasetDistillation(DistillationMethod):
         inner_steps = steps * p.distill_epochs
         device = torch.device(ctx.device)
         gen = ctx.generator
-        factory = resolve_network(p.net)
+        net = self.network(info)
+        factory = resolve_network(net)
         x_train = data.train.x.to(device=device, dtype=torch.float32)
         y_train = data.train.y.to(device=device, dtype=torch.long)
         n_train = len(data.train)
@@ -289,7 +304,16 @@ class DatasetDistillation(DistillationMethod):
         batch = min(p.batch_size, n_train)
         per_epoch = max(1, n_train // batch)
         total = p.epochs * per_epoch
-        tracker = LossTracker("dd", total, ctx, f"(lr={p.lr}, distill_lr={p.distill_lr}); lower lr or distill_lr")
+        tracker = LossTracker(
+            "dd",
+            total,
+            ctx,
+            f"(lr={p.lr}, distill_lr={p.distill_lr}); lower lr or distill_lr",
+            current=lambda: (
+                images.detach().reshape(steps * per_step, *shape),
+                labels.detach().reshape(steps * per_step, num_classes) if p.soft_labels else labels.reshape(-1),
+            ),
+        )
         stopped_early = False
 
         state = {"images": images, "raw_lrs": raw_lrs, "labels": labels, "opt": opt, "sched": sched, "gen": gen}
@@ -344,7 +368,7 @@ class DatasetDistillation(DistillationMethod):
                 "step_of_sample": torch.arange(steps).repeat_interleave(per_step),
             },
             meta={
-                "net": p.net,
+                "net": net,
                 "init": p.init,
                 "init_seed": init_seed,
                 "distill_steps": steps,

@@ -24,6 +24,9 @@ Implementation notes:
   of them), ``meta["final_loss"]`` the loss of the last iteration.
 * With ``ctx.weights`` (one weight per real training sample), the real mean of a class is the
   weighted mean over its sampled batch, weights normalised within the batch.
+* On the CPU, runs of 1,000 iterations or more compile the embedding network (:class:`FastEmbed`):
+  about 2x faster per iteration at the bias settings (issue 20), the same arithmetic up to float
+  rounding; shorter runs, and every run with ``DISTILLBENCH_COMPILE=off``, run the eager loop.
 * A class with fewer than ``batch_real`` images is sampled with replacement, so every class
   contributes a full batch and the joint forward pass has a fixed per-class shape; larger classes
   are sampled without replacement, as in the reference. (The reference instead uses all images of
@@ -34,12 +37,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
+import time
 from typing import Any, ClassVar, Literal
 
 import torch
 
 from distillbench.harness import microbatch
 from distillbench.harness.augment import DSA
+from distillbench.harness.compiled import should_compile
 from distillbench.harness.errors import ConfigError
 from distillbench.harness.networks import resolve_network
 from distillbench.harness.plugins import register_method
@@ -48,6 +54,8 @@ from distillbench.harness.types import Context, DataBundle, DatasetInfo, Distill
 from distillbench.methods._loop import LossTracker
 from distillbench.methods._synthetic import init_synthetic
 from distillbench.methods.base import DistillationMethod
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,10 +135,21 @@ class DistributionMatching(DistillationMethod):
         # reads back from the device.
         real_groups = torch.arange(num_classes, device=gen.device).repeat_interleave(batch)
         syn_groups = torch.arange(num_classes, device=gen.device).repeat_interleave(ipc)
-        fast = FastEmbed(device)
+        # Compiling decides on the planned iteration count, not on what is left after a resume, so a
+        # resumed run continues in the arithmetic it started with.
+        fast = FastEmbed(device, compiled=should_compile(device, p.iterations))
+        if fast.compiled:
+            # A network of its own (its seed is no iteration's), built from a derived generator: the
+            # compile leaves ctx.generator's stream alone.
+            probe = factory.build(info, torch_generator(derive_seed(ctx.seed, "dm", "compile-probe")))
+            rows = torch.arange(num_classes * batch, device=device) % len(x_train)
+            fast.warm_up(fast.prepare(probe).requires_grad_(False), x_train[rows], syn)
         meta.update(fast.meta())
 
-        tracker = LossTracker("dm", p.iterations, ctx, f"(lr_img={p.lr_img}); lower lr_img")
+        labels = torch.arange(num_classes).repeat_interleave(ipc)
+        tracker = LossTracker(
+            "dm", p.iterations, ctx, f"(lr_img={p.lr_img}); lower lr_img", current=lambda: (syn, labels)
+        )
         start = ctx.checkpoint.resume(syn=syn, opt=opt, gen=gen, tracker=tracker)
 
         for it in range(start, p.iterations):
@@ -153,10 +172,8 @@ class DistributionMatching(DistillationMethod):
             # norm they are what the reference's BN branch does: all classes in one joint batch.
             # The real side is a fixed target: no graph, no gradient; on the CPU in cache-sized
             # micro-batches (harness/microbatch.py: 1.8x faster there for 2,560 images, same math).
-            chunk = microbatch.chunk_size(net, real)
-            emb_real = microbatch.forward_no_grad(functools.partial(fast.embed, net), real, chunk)
-            emb_real = emb_real.flatten(1).view(num_classes, batch, -1)
-            emb_syn = fast.embed(net, syn_in).flatten(1).view(num_classes, ipc, -1)
+            emb_real = fast.embed_real(net, real).view(num_classes, batch, -1)
+            emb_syn = fast.embed_syn(net, syn_in).view(num_classes, ipc, -1)
 
             w = weights[idx].view(num_classes, batch) if weights is not None else None
             loss = mean_embedding_loss(emb_real, emb_syn, w)
@@ -171,7 +188,7 @@ class DistributionMatching(DistillationMethod):
         meta.update(tracker.meta())
         return DistilledSet(
             x=syn.detach().cpu(),
-            y=torch.arange(num_classes).repeat_interleave(ipc),
+            y=labels,
             meta=meta,
         )
 
@@ -197,24 +214,58 @@ def mean_embedding_loss(
 
 
 class FastEmbed:
-    """How DM runs its embedding networks on ``device``: channels-last everywhere, bf16 autocast on CUDA.
+    """How DM runs its embedding networks on ``device``: eager or compiled, and in which layout and precision.
 
-    Channels-last (NHWC) convolutions are the fast layout of both cuDNN's tensor-core kernels and
-    oneDNN on the CPU. DM's cost is the forward pass of ``batch_real`` real images per class, without
-    a backward pass; measured on the 2-core development machine (ConvNet-3 width 128, 256 MNIST
-    images, one thread), that forward took 1.39-1.68 s in NHWC against 1.72-2.12 s in NCHW, while a
-    training step (forward and backward) was slower in NHWC (5.1-5.6 s against 4.1-4.5 s), so only DM
-    uses it on the CPU. bf16 autocast (the loss and the images stay float32) is CUDA only: CPUs
-    without native bf16 (this machine has AVX2 only) emulate it.
+    Eager (the default, and every run whose compile would not pay): channels-last everywhere, bf16
+    autocast on CUDA. Channels-last (NHWC) convolutions are the fast layout of both cuDNN's
+    tensor-core kernels and oneDNN on the CPU. DM's cost is the forward pass of ``batch_real`` real
+    images per class, without a backward pass; measured on the 2-core development machine (ConvNet-3
+    width 128, 256 MNIST images, one thread), that forward took 1.39-1.68 s in NHWC against 1.72-2.12 s
+    in NCHW, while a training step (forward and backward) was slower in NHWC (5.1-5.6 s against
+    4.1-4.5 s), so only DM uses it on the CPU. bf16 autocast (the loss and the images stay float32) is
+    CUDA only: it would change the CPU results, which are float32 everywhere else.
+
+    Compiled (``compiled=True``: CPU runs of 1,000 iterations or more, or ``DISTILLBENCH_COMPILE=on``;
+    see :mod:`~distillbench.harness.compiled`): ``net.embed`` under ``torch.compile`` for the real side
+    (no gradient) and the synthetic side (gradient to the images only), both in cache-sized
+    micro-batches. An eager CPU iteration at the bias settings (ConvNet-3 width 32, 28x28x3, 64 real
+    images per class, IPC 10; torch.profiler, one thread) spends less than a third of its time in
+    convolutions: channels-last group norm 28%, its backward 10%, ReLU and its backward 14%, pooling
+    6%, convolutions 28%. Inductor fuses norm, ReLU and pooling into one loop per block and
+    direction; compiled, the convolutions are about 70% and the real side's forward pass comes within
+    1.2-1.3x of its convolutions alone (``benchmarks/README.md``, "DM at the bias settings"). The
+    graphs take the network's parameters as inputs, so every iteration's fresh network reuses them;
+    they are compiled once per process, network structure and grad mode (``warm_up``), with a dynamic
+    batch size. The compile takes 5-70 s (warm or empty Inductor cache; ``meta["compile_seconds"]``).
+    Dynamo keeps at most 8 compiled variants of one function: a process that distils with more than
+    two network structures runs the later ones eagerly (same results, eager speed).
+
+    The compiled embedding equals the eager one up to floating-point summation order (about 1e-6
+    relative), and so does a short run's set (``tests/test_dm_speed.py``). DM amplifies such
+    differences, though: instance norm divides by the spread of maps that are nearly constant, so at
+    the bias settings two runs that differ only in rounding drift apart (1e-6 after 2 iterations,
+    4e-4 after 5, 5% of the images' movement after 200, measured), into sets of the same loss curve
+    (11.982 against 11.983 after 200 iterations) but not the same pixels. The eager path itself is
+    bit-reproducible across thread counts and micro-batch sizes (measured), so the exact set of a
+    compiled run is reproduced with the same ``DISTILLBENCH_COMPILE`` setting, or ``off`` for the
+    eager one.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, compiled: bool = False) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
+        self.compiled = compiled
+        self.compile_requested = compiled  # stays set when compiling failed: the metadata says so
+        self._compiled_embed: Any = None
+        self.compile_seconds: float | None = None
 
     def meta(self) -> dict[str, Any]:
         """What the fast path changed, for the set's metadata."""
-        return {"autocast": "bf16" if self.cuda else None, "channels_last": True}
+        out: dict[str, Any] = {"autocast": "bf16" if self.cuda else None, "channels_last": True}
+        if self.compile_requested:
+            out["compiled"] = self._compiled_embed is not None
+            out["compile_seconds"] = self.compile_seconds
+        return out
 
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
         """``net`` on the device, in channels-last layout."""
@@ -223,11 +274,72 @@ class FastEmbed:
     def embed(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``net.embed(x)`` in float32 (computed under bf16 autocast on CUDA)."""
         x = x.contiguous(memory_format=torch.channels_last)
+        if self._compiled_embed is not None:
+            # Dynamic batch size from the first call on: micro-batches of different sizes share a graph
+            # instead of each compiling its own. (oneDNN's convolution backend still depends on the
+            # batch size, below or above 16 samples; warm_up compiles both before the loop.)
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+            return self._compiled_embed(net, x)
         if not self.cuda:
             return net.embed(x)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = net.embed(x)
         return out.float()
+
+    def warm_up(self, net: torch.nn.Module, real: torch.Tensor, syn: torch.Tensor) -> None:
+        """Compile (when ``compiled``) on the loop's micro-batch sizes; on any failure warn and stay eager.
+
+        Both graphs (real: no gradient; synthetic: forward and backward) are compiled here, before the
+        loop, for every micro-batch size the loop will meet, so a compiler failure falls back cleanly
+        instead of surfacing inside an iteration's backward pass. ``net`` is a probe network (no
+        iteration's); ``real`` and ``syn`` are batches of the loop's sizes whose values do not matter
+        (the synthetic side runs on a copy: the set, its optimiser and the random stream are untouched).
+        """
+        if not self.compiled or self._compiled_embed is not None:
+            return
+        start = time.perf_counter()
+        self._compiled_embed = torch.compile(_embed)
+        try:
+            # One call per micro-batch size the loop will use (a full one and the last, shorter one).
+            with torch.no_grad():
+                for n in _chunk_sizes(net, real):
+                    self.embed(net, real[:n])
+            for n in _chunk_sizes(net, syn):
+                self.embed(net, syn[:n].detach().clone().requires_grad_(True)).sum().backward()
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly, say why
+            log.warning("torch.compile failed (%s: %s); dm runs eagerly", type(exc).__name__, exc)
+            self._compiled_embed = None
+            self.compiled = False
+            return
+        self.compile_seconds = round(time.perf_counter() - start, 1)
+
+    def embed_real(self, net: torch.nn.Module, real: torch.Tensor) -> torch.Tensor:
+        """``[n, D]`` embeddings of the real images, without gradient, in micro-batches on the CPU."""
+        chunk = microbatch.chunk_size(net, real)
+        return microbatch.forward_no_grad(functools.partial(self.embed, net), real, chunk).flatten(1)
+
+    def embed_syn(self, net: torch.nn.Module, syn: torch.Tensor) -> torch.Tensor:
+        """``[n, D]`` embeddings of the synthetic images, differentiable with respect to them.
+
+        Eager: the whole batch in one pass, as before issue 20 (split eagerly, 100 images of width 32
+        measured slower: 189-227 ms against 153 ms). Compiled: micro-batches, concatenated; the
+        autograd engine runs each micro-batch's backward as one compiled call.
+        """
+        chunk = microbatch.chunk_size(net, syn) if self._compiled_embed is not None else None
+        if chunk is None:
+            return self.embed(net, syn).flatten(1)
+        return torch.cat([self.embed(net, part) for part in syn.split(chunk)]).flatten(1)
+
+
+def _chunk_sizes(net: torch.nn.Module, x: torch.Tensor) -> set[int]:
+    """The sizes of the micro-batches ``x`` is split into (see :func:`microbatch.chunk_size`)."""
+    chunk = microbatch.chunk_size(net, x)
+    return {len(x)} if chunk is None else {chunk, len(x) % chunk} - {0}
+
+
+def _embed(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net.embed(x)``: the function DM compiles (the network is an input, so every iteration's fits)."""
+    return net.embed(x)
 
 
 def _check_weights(weights: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:

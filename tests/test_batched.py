@@ -15,7 +15,7 @@ from torch import nn
 
 from distillbench.harness import batched
 from distillbench.harness.augment import DSA
-from distillbench.harness.evaluate import evaluate, train_on_set
+from distillbench.harness.evaluate import accuracy, evaluate, train_on_set
 from distillbench.harness.plugins import DATASETS
 from distillbench.harness.protocols import QUICK_V1
 from distillbench.harness.seeding import derive_seed, torch_generator
@@ -173,3 +173,85 @@ class TestBatchedDistillationMath:
             (g,) = torch.autograd.grad(expected, syn_c)
             assert torch.allclose(dists[c], expected.detach(), rtol=1e-5, atol=1e-6), f"class {c} distance"
             assert torch.allclose(grad[2 * c : 2 * c + 2], g, rtol=1e-4, atol=1e-6), f"class {c} image gradient"
+
+
+def _flat_parameters(models: list[nn.Module]) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for m in models for p in m.parameters()])
+
+
+class TestBatchedOptions:
+    """The options of the batched step (issue 9's GPU remedies) keep each model's math."""
+
+    # Batches of 16 from 50 images: several steps per epoch and a short last batch, where prefetching
+    # has to line up draws and rows exactly.
+    SMALL = dataclasses.replace(PROTOCOL, epochs=2, batch_size=16)
+
+    @staticmethod
+    def train(protocol: object, dset: DistilledSet, digits: DataBundle, options: str) -> list[nn.Module]:
+        return batched.train_models_batched(
+            protocol,
+            dset,
+            digits.info,
+            generators=[torch_generator(s) for s in seeds(3)],
+            device="cpu",
+            options=batched.BatchedOptions.parse(options),
+        )
+
+    def test_parse_and_label(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Unset means prefetch only; 'none' switches all off; unknown names are errors listing the valid ones."""
+        monkeypatch.delenv(batched.OPTIONS_ENV, raising=False)
+        assert batched.BatchedOptions.from_env() == batched.BatchedOptions(prefetch=True)
+        assert batched.BatchedOptions.parse("none").label == "none"
+        both = batched.BatchedOptions.parse(" BF16 , prefetch")
+        assert (both.bf16, both.prefetch, both.channels_last, both.compile) == (True, True, False, False)
+        assert both.label == "prefetch,bf16"
+        monkeypatch.setenv(batched.OPTIONS_ENV, "prefetch,fp8")
+        with pytest.raises(ValueError, match="unknown option.*fp8.*prefetch, channels_last, bf16, compile"):
+            batched.BatchedOptions.from_env()
+
+    def test_ship_round_trip(self) -> None:
+        """Tensors of mixed dtypes and shapes come back equal, in order, from the one-copy-per-dtype transfer."""
+        tensors = [
+            torch.arange(6).view(2, 3),
+            torch.rand(4),
+            torch.tensor([True, False]),
+            torch.arange(3),
+            torch.rand(2, 2),
+        ]
+        for sent, got in zip(tensors, batched._ship(tensors, torch.device("cpu")), strict=True):
+            assert got.dtype == sent.dtype and torch.equal(got, sent)
+
+    def test_prefetch_trains_the_same_models(self, digits: DataBundle, dset: DistilledSet) -> None:
+        """Drawing an epoch's orders and DSA parameters ahead leaves the random stream, and so the models, identical."""
+        per_step = _flat_parameters(self.train(self.SMALL, dset, digits, "none"))
+        ahead = _flat_parameters(self.train(self.SMALL, dset, digits, "prefetch"))
+        assert torch.equal(per_step, ahead)
+
+    def test_channels_last_same_math(self, digits: DataBundle, dset: DistilledSet) -> None:
+        """The NHWC layout changes only summation order: parameters agree to 1e-4 after 8 steps."""
+        plain = _flat_parameters(self.train(self.SMALL, dset, digits, "prefetch"))
+        nhwc = _flat_parameters(self.train(self.SMALL, dset, digits, "prefetch,channels_last"))
+        assert torch.allclose(plain, nhwc, atol=1e-4, rtol=1e-4)
+
+    def test_bf16_accuracy_close(
+        self, digits: DataBundle, dset: DistilledSet, both_engines: tuple[list[nn.Module], list[nn.Module]]
+    ) -> None:
+        """bf16 autocast changes the arithmetic, not what the models learn: per-model accuracy within 0.05.
+
+        Against the float32 batched models of the same seeds (30 steps). The bound lets 18 of the 360 test
+        images flip; a broken path (wrong dtype, no step) misses it by far.
+        """
+        fp32 = both_engines[1]
+        bf16 = self.train(PROTOCOL, dset, digits, "prefetch,bf16")
+        for k, (a, b) in enumerate(zip(fp32, bf16, strict=True)):
+            acc_a, _ = accuracy(a, digits.test, 10, device="cpu")
+            acc_b, _ = accuracy(b, digits.test, 10, device="cpu")
+            assert acc_a > 0.5, f"model {k} barely learned in float32 ({acc_a})"
+            assert abs(acc_a - acc_b) <= 0.05, f"model {k}: bf16 {acc_b:.3f} vs float32 {acc_a:.3f}"
+
+    @pytest.mark.slow
+    def test_compile_same_math(self, digits: DataBundle, dset: DistilledSet) -> None:
+        """torch.compile over the vmapped loss (a minute or more to compile on 2 cores) keeps the math."""
+        eager = _flat_parameters(self.train(self.SMALL, dset, digits, "prefetch"))
+        fused = _flat_parameters(self.train(self.SMALL, dset, digits, "prefetch,compile"))
+        assert torch.allclose(eager, fused, atol=1e-3, rtol=1e-3)

@@ -367,3 +367,39 @@ class TestReplayEngine:
         protocol = EvalProtocol(name="tiny-dd", version=1, networks=(NET,), epochs=5, n_models=1, augment="none")
         result = evaluate(protocol, dset, digits, seed=0)
         assert result.network == NET and 0.0 <= result.acc_mean <= 1.0
+
+
+class TestAutoNetwork:
+    """``net=auto`` (the default) is lenet on images and textcnn on text, resolved before ids are hashed."""
+
+    @pytest.mark.parametrize(
+        ("dataset", "method", "ipc", "protocol", "trial_id", "distill_id"),
+        [
+            ("digits", "dd", 10, "quick-v1", "e78c9fef1f2f74c3", "26a7d3edcc615550"),
+            ("digits", "dd[net=lenet]", 10, "quick-v1", "e78c9fef1f2f74c3", "26a7d3edcc615550"),
+            ("digits", "dd[distill_steps=1]", 1, "dd-replay-v1", "1b1f4a0d0e43d1f9", "e4e5a84a0d17cdcd"),
+            ("mnist", "dd[soft_labels=true]", 10, "dd-replay-v1", "325b0fa01fe2bc0e", "90b6da1014b2f260"),
+        ],
+    )
+    def test_image_ids_unchanged(
+        self, dataset: str, method: str, ipc: int, protocol: str, trial_id: str, distill_id: str
+    ) -> None:
+        """Pinned while lenet was the literal default: image dd trials keep their ids (results are found)."""
+        from distillbench.harness.spec import TrialSpec
+
+        resolved = TrialSpec(dataset=dataset, method=method, ipc=ipc, protocol=protocol).resolve()
+        assert (resolved.trial_id, resolved.distill_id) == (trial_id, distill_id)
+        assert resolved.method.params.net == "lenet" and resolved.method.display == method.replace("[net=lenet]", "")
+
+    def test_auto_without_the_resolver(self, digits: DataBundle) -> None:
+        """A dd built directly keeps net='auto' and resolves it itself, for validation and the set's meta."""
+        method = METHODS.resolve("dd").obj(METHODS.resolve("dd").params)
+        assert method.params.net == "auto" and method.network(digits.info) == "lenet"
+        method.validate(digits.info, 10)
+
+    def test_explicit_network_is_kept_and_shown(self) -> None:
+        """Any other net is identity and display as before."""
+        from distillbench.harness.spec import TrialSpec
+
+        resolved = TrialSpec(dataset="digits", method=f"dd[net={NET}]", ipc=10, protocol="quick-v1").resolve()
+        assert resolved.method.params.net == NET and resolved.method.display == f"dd[net={NET}]"

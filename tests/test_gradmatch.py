@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import distillbench as db
 from distillbench.harness.augment import DSA
 from distillbench.harness.errors import ConfigError, DivergedError
 from distillbench.harness.networks import build_network
@@ -38,9 +39,9 @@ NO_AUG = DSA("none")
 
 def make(name: str, **params: Any) -> Any:
     """Method ``name`` with tiny defaults (2 iterations, 2 outer x 1 inner steps) plus ``params``."""
-    raw = {"iterations": 2, "outer_loop": 2, "inner_loop": 1, "batch_real": 16, "net": NET, **params}
-    configured = METHODS.resolve(name + "[" + ",".join(f"{k}={v}" for k, v in raw.items()) + "]")
-    return configured.obj(configured.params)
+    return db.create_method(
+        name, **{"iterations": 2, "outer_loop": 2, "inner_loop": 1, "batch_real": 16, "net": NET, **params}
+    )
 
 
 def run(method: Any, data: DataBundle, ipc: int = 2, seed: int = 0, **ctx_kwargs: Any) -> DistilledSet:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 import torch
 
+import distillbench as db
 from distillbench.harness.errors import ConfigError
-from distillbench.harness.plugins import DATASETS, METHODS
+from distillbench.harness.plugins import DATASETS
 from distillbench.harness.seeding import torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet, Split
 from distillbench.methods.kcenter import kcenter_order
@@ -19,9 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks on a shared 
 
 def make(**params: Any) -> Any:
     """``kcenter`` with ``params``."""
-    spec = "kcenter" + ("[" + ",".join(f"{k}={v}" for k, v in params.items()) + "]" if params else "")
-    configured = METHODS.resolve(spec)
-    return configured.obj(configured.params)
+    return db.create_method("kcenter", **params)
 
 
 def run(method: Any, data: DataBundle, ipc: int, seed: int = 0) -> DistilledSet:

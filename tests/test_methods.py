@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+import distillbench as db
 from distillbench.harness.checkpoint import NoCheckpoint
 from distillbench.harness.errors import ConfigError, DivergedError, IncompatibleError
 from distillbench.harness.networks import build_network
@@ -21,12 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks on a shared 
 
 
 def make_method(name: str, **overrides: Any) -> Any:
-    """The method ``name`` configured with its ``test_config`` plus ``overrides``."""
-    cls = METHODS.get(name)
-    raw = {**cls.test_config, **overrides}
-    spec = name + ("[" + ",".join(f"{k}={v}" for k, v in raw.items()) + "]" if raw else "")
-    configured = METHODS.resolve(spec)
-    return configured.obj(configured.params)
+    """The method ``name`` configured with its ``test_config`` plus ``overrides`` (validated, typed)."""
+    return db.create_method(name, **{**METHODS.get(name).test_config, **overrides})
 
 
 def run(method: Any, data: DataBundle, ipc: int, seed: int = 0, **ctx_kwargs: Any) -> DistilledSet:

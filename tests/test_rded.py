@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import distillbench as db
 import distillbench.methods.rded as rded
 from distillbench.harness.errors import ConfigError, IncompatibleError
-from distillbench.harness.plugins import METHODS
 from distillbench.harness.seeding import torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet, Split
 from distillbench.methods.teacher import get_teacher
@@ -21,10 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks on a shared 
 
 
 def make(**overrides: Any) -> Any:
-    """``rded`` with its ``test_config`` plus ``overrides``, resolved as a grid spec would be."""
-    raw = {**rded.RDED.test_config, **overrides}
-    configured = METHODS.resolve("rded[" + ",".join(f"{k}={v}" for k, v in raw.items()) + "]")
-    return configured.obj(configured.params)
+    """``rded`` with its ``test_config`` plus ``overrides``, validated as a grid spec would be."""
+    return db.create_method("rded", **{**rded.RDED.test_config, **overrides})
 
 
 def run(method: Any, data: DataBundle, ipc: int, seed: int = 0) -> DistilledSet:

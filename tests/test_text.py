@@ -319,11 +319,22 @@ class TestMethodsOnText:
         words = sentence_words(near.view(1, 1, -1), info)
         assert words == [["great"]]
 
-    def test_dd_on_text_needs_a_text_network(self):
+    def test_dd_on_text_defaults_to_textcnn(self):
+        """dd's net=auto is textcnn on text: the same trial as dd[net=textcnn]; an explicit lenet still fails."""
         from distillbench.harness.spec import TrialSpec
 
+        auto = TrialSpec(dataset=fixture_spec("sst2"), method="dd", ipc=10, protocol="text-v1").resolve()
+        explicit = TrialSpec(dataset=fixture_spec("sst2"), method="dd[net=textcnn]", ipc=10, protocol="text-v1")
+        assert auto.method.params.net == "textcnn" and auto.canonical()["method"]["params"]["net"] == "textcnn"
+        assert auto.trial_id == explicit.resolve().trial_id and auto.method.display == "dd"
         with pytest.raises(IncompatibleError, match="lenet"):
-            TrialSpec(dataset=fixture_spec("sst2"), method="dd", ipc=1, protocol="text-v1").resolve()
+            TrialSpec(dataset=fixture_spec("sst2"), method="dd[net=lenet]", ipc=10, protocol="text-v1").resolve()
+
+    def test_dd_auto_network_distils_text(self):
+        """Built outside the resolver (net still 'auto'), dd trains a TextCNN on text and records it."""
+        data = load(fixture_spec("sst2"))
+        dset = distill_dd(data, "dd[epochs=1,batch_size=4,distill_steps=1,distill_epochs=1]")
+        assert dset.meta["net"] == "textcnn" and dset.x.shape == (2, 6, 4)
 
 
 def distill_dd(data, method: str, ipc: int = 1, seed: int = 0):
