@@ -112,17 +112,17 @@ class TestClaimPrimitives:
     def test_expiry_heartbeat_and_takeover(self, claims_dir):
         """A heartbeat keeps a claim; once it stops, the claim expires and another owner takes it over."""
         target = claims_dir / "t3.json"
-        # Margins: the heartbeat (every 0.1 s) must keep the claim fresh for longer than the 2 s expiry,
-        # also when a loaded CI machine or the S3 stand-in delays a heartbeat write by a few hundred ms
-        # (0.1 s heartbeats against a 0.5 s expiry failed once that way on S3).
+        # Margins: the heartbeat (every 0.1 s) must keep the claim fresh for longer than the 4 s expiry,
+        # also when a loaded machine or the S3 stand-in stalls a heartbeat write (0.1 s heartbeats
+        # against a 0.5 s expiry failed once that way on S3, and against a 2 s expiry once at load 15).
         holder = artefacts.Claim(target, owner="run-a", heartbeat_s=0.1)
         assert holder.try_acquire() is None
         holder.start_heartbeat()
-        time.sleep(2.5)
-        assert artefacts.Claim(target, owner="run-b", expiry_s=2.0).try_acquire() is not None, "live claim taken"
+        time.sleep(5.0)
+        assert artefacts.Claim(target, owner="run-b", expiry_s=4.0).try_acquire() is not None, "live claim taken"
         holder.stop_heartbeat()
-        time.sleep(2.5)
-        taker = artefacts.Claim(target, owner="run-b", expiry_s=2.0)
+        time.sleep(4.5)
+        taker = artefacts.Claim(target, owner="run-b", expiry_s=4.0)
         assert taker.try_acquire() is None, "an expired claim must be taken over"
         assert artefacts.read_json(target)["owner"] == "run-b"
         holder.release()  # the old holder no longer holds it: nothing removed
