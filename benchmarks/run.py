@@ -344,21 +344,19 @@ def _best_of(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
-def conv_floor(net_spec: str, info: DatasetInfo, n_real: int, n_syn: int, repeats: int = 5) -> dict[str, float]:
-    """Convolution FLOPs of one DM iteration and this machine's time for those convolutions alone.
+def conv_costs(net_spec: str, info: DatasetInfo, repeats: int = 10) -> dict[str, float]:
+    """Convolution FLOPs per sample of ``net_spec``'s embedding, and this machine's seconds per sample for them.
 
-    Every conv layer of the network is timed on its own at the iteration's micro-batch shape (the
-    real side's ``microbatch.chunk_size``): its forward pass in NCHW and in NHWC (the faster one
-    counts), and its backward pass to the input (``output_mask`` input only: the synthetic images need
-    it, the frozen weights need no gradient). The real side needs the forward pass only. ``limit_s``
-    is the sum over layers at the measured rates: what an iteration would take if everything but the
-    convolutions were free.
+    Every conv layer is timed on its own at DM's real-side micro-batch shape (``microbatch.chunk_size``
+    for 2,560 samples): its forward pass in NCHW and in NHWC (the faster one counts), and its backward
+    pass to the input only (``output_mask``: the synthetic images need it, the frozen weights need no
+    gradient). Best of ``repeats`` calls each.
     """
     from distillbench.harness.networks import build_network
 
     net = build_network(net_spec, info, torch_generator(0)).requires_grad_(False)
-    x = torch.randn(n_real, *info.shape)
-    chunk = microbatch.chunk_size(net, x) or n_real
+    x = torch.randn(2560, *info.shape)
+    chunk = microbatch.chunk_size(net, x) or len(x)
     inputs: list[tuple[torch.nn.Conv2d, tuple[int, ...]]] = []
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     hooks = [m.register_forward_hook(lambda mod, inp, _out: inputs.append((mod, inp[0].shape[1:]))) for m in convs]
@@ -367,13 +365,13 @@ def conv_floor(net_spec: str, info: DatasetInfo, n_real: int, n_syn: int, repeat
     for h in hooks:
         h.remove()
 
-    flops_per_sample = fwd_s = bwd_s = 0.0
+    flops = fwd_s = bwd_s = 0.0
     for conv, shape in inputs:
         inp = torch.randn(chunk, *shape)
         with torch.no_grad():
             out = conv(inp)
         kh, kw = conv.kernel_size
-        flops_per_sample += 2.0 * out[0].numel() * (conv.in_channels // conv.groups) * kh * kw
+        flops += 2.0 * out[0].numel() * (conv.in_channels // conv.groups) * kh * kw
         layer_fwd, layer_bwd = [], []
         for fmt in (torch.contiguous_format, torch.channels_last):
             i, w = inp.contiguous(memory_format=fmt), conv.weight.contiguous(memory_format=fmt)
@@ -400,8 +398,18 @@ def conv_floor(net_spec: str, info: DatasetInfo, n_real: int, n_syn: int, repeat
                 layer_bwd.append(_best_of(backward, repeats))
         fwd_s += min(layer_fwd) / chunk
         bwd_s += min(layer_bwd) / chunk
-    flops = flops_per_sample * (n_real + 2 * n_syn)  # the backward pass to the input costs what the forward does
-    limit = fwd_s * (n_real + n_syn) + bwd_s * n_syn
+    return {"flops": flops, "fwd_s": fwd_s, "bwd_s": bwd_s}
+
+
+def conv_floor(costs: dict[str, float], n_real: int, n_syn: int) -> dict[str, float]:
+    """One DM iteration's convolution GFLOP and its FLOP-bound limit: the time of its convolutions alone.
+
+    The real side needs the forward pass only; the synthetic side the forward pass and the backward
+    pass to its images, which costs the forward pass's FLOPs again. ``limit_s`` is what an iteration
+    would take at :func:`conv_costs`' measured rates if everything but the convolutions were free.
+    """
+    flops = costs["flops"] * (n_real + 2 * n_syn)
+    limit = costs["fwd_s"] * (n_real + n_syn) + costs["bwd_s"] * n_syn
     return {"gflop": round(flops / 1e9, 3), "limit_s": round(limit, 4), "gflops_per_s": round(flops / limit / 1e9, 1)}
 
 
@@ -449,8 +457,6 @@ def _dm_bias_cell(
     for key in ("baseline_s", "ours_s"):
         out[f"{key[:-2]}_per_iteration_s"] = round(out[key] / iterations, 4)
     out["max_abs_diff"] = float(f"{(sets['ours'] - sets['baseline']).abs().max().item():.3g}")
-    num_classes = data.info.num_classes
-    out["conv_floor"] = conv_floor(net, data.info, num_classes * batch_real, num_classes * ipc)
     return out
 
 
@@ -460,9 +466,14 @@ def bench_dm_bias(
     """DM at the bias settings: the frozen pre-issue-20 loop vs ``dm`` compiled, per (width, batch_real, ipc)."""
     weights = torch.rand(len(data.train), generator=torch_generator(1))
     cells: dict[str, dict[str, Any]] = {}
+    costs: dict[int, dict[str, float]] = {}  # per width: measured once, so every cell's limit uses the same rates
     for cell in settings.split(","):
         width, batch_real, ipc = (int(v) for v in cell.split("x"))
         out = _dm_bias_cell(data, device, iterations, repeats, width, batch_real, ipc, weights)
+        if width not in costs:
+            costs[width] = conv_costs(f"convnet[width={width}]", data.info)
+        num_classes = data.info.num_classes
+        out["conv_floor"] = conv_floor(costs[width], num_classes * batch_real, num_classes * ipc)
         cells[cell] = out
         print(
             f"  dm_bias width {width:3d} batch_real {batch_real:3d} ipc {ipc:2d}: "

@@ -236,16 +236,17 @@ class FastEmbed:
     1.2-1.3x of its convolutions alone (``benchmarks/README.md``, "DM at the bias settings"). The
     graphs take the network's parameters as inputs, so every iteration's fresh network reuses them;
     they are compiled once per process, network structure and grad mode (``warm_up``), with a dynamic
-    batch size. The compile takes 5-70 s (warm or empty Inductor cache; ``meta["compile_seconds"]``).
-    Dynamo keeps at most 8 compiled variants of one function: a process that distils with more than
-    two network structures runs the later ones eagerly (same results, eager speed).
+    batch size. The compile took 3-15 s with a warm Inductor cache and 73-140 s with an empty one
+    (widths 32 and 128, loaded machine; ``meta["compile_seconds"]``).
+    Dynamo keeps at most 8 compiled variants of one function and each network structure needs 2-4
+    (grad mode, and oneDNN's batch-size ranges), so a process that distils with several structures
+    runs the later ones eagerly, with Dynamo's warning: the eager path's results at eager speed.
 
     The compiled embedding equals the eager one up to floating-point summation order (about 1e-6
     relative), and so does a short run's set (``tests/test_dm_speed.py``). DM amplifies such
-    differences, though: instance norm divides by the spread of maps that are nearly constant, so at
-    the bias settings two runs that differ only in rounding drift apart (1e-6 after 2 iterations,
-    4e-4 after 5, 5% of the images' movement after 200, measured), into sets of the same loss curve
-    (11.982 against 11.983 after 200 iterations) but not the same pixels. The eager path itself is
+    differences, though: at the bias settings two runs that differ only in rounding drift apart (1e-6
+    after 2 iterations, 4e-4 after 5, 5% of the images' movement after 200, measured), into sets of
+    the same loss curve (11.982 against 11.983 after 200 iterations) but not the same pixels. The eager path itself is
     bit-reproducible across thread counts and micro-batch sizes (measured), so the exact set of a
     compiled run is reproduced with the same ``DISTILLBENCH_COMPILE`` setting, or ``off`` for the
     eager one.
