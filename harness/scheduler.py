@@ -488,6 +488,22 @@ class _Progress:
             self.stream.flush()
 
 
+def _worker_config(
+    where: store.Location, data_root: Any, download: bool, artefacts: Any, plugins: Sequence[str], run_id: str
+) -> dict[str, Any]:
+    """What every trial's worker needs besides its spec: one place for grid runs and searches alike."""
+    return {
+        "results": where.uri,
+        "data_root": str(Path(data_root).expanduser().resolve()),
+        "download": download,
+        "artefacts": store.location(artefacts).uri if artefacts is not None else None,
+        "plugins": list(plugins),
+        "claim_owner": run_id,
+        "driver": f"{socket.gethostname()} pid {os.getpid()}",
+        "report_interval": _report_interval(),
+    }
+
+
 def _placement(config: dict[str, Any]) -> Any:
     """Per-trial resources for ``tune.with_resources``: one bundle with the trial's CPUs and GPUs."""
     trial = config["trial"]
@@ -598,14 +614,7 @@ def run_grid(
             trainable,
             param_space={
                 "trial": tune.grid_search(points),
-                "results": where.uri,
-                "data_root": str(Path(data_root).expanduser().resolve()),
-                "download": download,
-                "artefacts": store.location(artefacts).uri if artefacts is not None else None,
-                "plugins": list(plugins),
-                "claim_owner": run_id,
-                "driver": f"{socket.gethostname()} pid {os.getpid()}",
-                "report_interval": _report_interval(),
+                **_worker_config(where, data_root, download, artefacts, plugins, run_id),
             },
             # Readable trial names and folders (dm-digits-ipc10-seed0-<id>): TensorBoard, MLflow and W&B show them.
             tune_config=tune.TuneConfig(
@@ -1314,16 +1323,7 @@ def _run_search(
     experiment = f"{_slug(grid_name)}-search-{search.tuning_id[:8]}-{stamp}"
     tuner = tune.Tuner(
         tune.with_resources(_trainable, _placement),
-        param_space={
-            "results": where.uri,
-            "data_root": str(Path(data_root).expanduser().resolve()),
-            "download": download,
-            "artefacts": store.location(artefacts).uri if artefacts is not None else None,
-            "plugins": list(plugins),
-            "claim_owner": run_id,
-            "driver": f"{socket.gethostname()} pid {os.getpid()}",
-            "report_interval": _report_interval(),
-        },
+        param_space=_worker_config(where, data_root, download, artefacts, plugins, run_id),
         tune_config=tune.TuneConfig(
             search_alg=driver,
             scheduler=scheduler,
