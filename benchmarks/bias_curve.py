@@ -73,6 +73,54 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"  # bias columns are None on unbiased data
 
 
+def run_curve(
+    dataset: str,
+    data_root: str | Path,
+    weighting: str,
+    ipc: int,
+    at: list[int],
+    dm: str = "",
+    protocol: str = "convnet-v1-cpu-reduced",
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """One DM run of ``at[-1]`` iterations, its set evaluated at the iterations ``at`` (sorted).
+
+    Returns the run's facts and its ``points``; prints a line per point to stderr as it goes.
+    Raises ``DistillBenchError`` for a bad spec or a missing dataset before any work is done.
+    """
+    method = f"dm[iterations={at[-1]},{dm}]" if dm else f"dm[iterations={at[-1]}]"
+    spec = TrialSpec(dataset, method, ipc, seed, weighting, protocol=protocol)
+    resolved = spec.resolve()
+    data = load_data(resolved, Path(data_root))
+    dev = torch.device(device)
+    points: list[dict[str, Any]] = []
+    labels = torch.arange(data.info.num_classes).repeat_interleave(ipc)
+
+    def evaluate(iteration: int, syn: torch.Tensor, distill_s: float) -> None:
+        cols = evaluate_set(resolved.protocol, DistilledSet(x=syn, y=labels, meta={}), data, seed=seed, device=dev)
+        point = {"iteration": iteration, "distill_seconds": round(distill_s, 1), **{k: cols[k] for k in COLUMNS}}
+        points.append(point)
+        print(
+            f"{resolved.weighting.display:>10} it={iteration:>6} {distill_s:8.1f} s  "
+            + "  ".join(f"{k[4:]}={_percent(point[k])}" for k in COLUMNS if k != "acc_std"),
+            file=sys.stderr,
+            flush=True,
+        )
+
+    distill_set(resolved, data, device=dev, checkpoint=Snapshots(at, evaluate))
+    return {
+        "dataset": resolved.dataset.display,
+        "method": resolved.method.display,
+        "weighting": resolved.weighting.display,
+        "ipc": ipc,
+        "seed": seed,
+        "protocol": resolved.protocol.name,
+        "device": str(dev),
+        "points": points,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="colored_mnist", help="dataset spec (default: 5%% conflicting)")
@@ -97,47 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    method = f"dm[iterations={at[-1]},{args.dm}]" if args.dm else f"dm[iterations={at[-1]}]"
-    spec = TrialSpec(args.dataset, method, args.ipc, args.seed, args.weighting, protocol=args.protocol)
     try:
-        resolved = spec.resolve()
-        data = load_data(resolved, Path(args.data_root))
+        result = run_curve(
+            args.dataset, args.data_root, args.weighting, args.ipc, at, args.dm, args.protocol, args.seed, args.device
+        )
     except DistillBenchError as exc:  # an unknown name, a bad parameter, a missing dataset: one line
         print(f"bias_curve: {exc}", file=sys.stderr)
         return 2
-    device = torch.device(args.device)
-    points: list[dict[str, Any]] = []
-    labels = torch.arange(data.info.num_classes).repeat_interleave(args.ipc)
-
-    def evaluate(iteration: int, syn: torch.Tensor, distill_s: float) -> None:
-        cols = evaluate_set(
-            resolved.protocol, DistilledSet(x=syn, y=labels, meta={}), data, seed=args.seed, device=device
-        )
-        point = {"iteration": iteration, "distill_seconds": round(distill_s, 1), **{k: cols[k] for k in COLUMNS}}
-        points.append(point)
-        print(
-            f"{resolved.weighting.display:>10} it={iteration:>6} {distill_s:8.1f} s  "
-            + "  ".join(f"{k[4:]}={_percent(point[k])}" for k in COLUMNS if k != "acc_std"),
-            file=sys.stderr,
-            flush=True,
-        )
-
-    distill_set(resolved, data, device=device, checkpoint=Snapshots(at, evaluate))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "dataset": resolved.dataset.display,
-                    "method": resolved.method.display,
-                    "weighting": resolved.weighting.display,
-                    "ipc": args.ipc,
-                    "seed": args.seed,
-                    "protocol": resolved.protocol.name,
-                    "device": str(device),
-                    "points": points,
-                }
-            )
-        )
+        print(json.dumps(result))
     return 0
 
 

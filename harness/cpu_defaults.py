@@ -28,9 +28,8 @@ import torch
 
 from distillbench.harness.errors import DistillBenchError
 from distillbench.harness.params import parse_spec
+from distillbench.harness.workflow import DEFAULT_PROTOCOL
 
-DEFAULT_PROTOCOL = "convnet-v1"
-"""The protocol ``distill`` and ``evaluate`` use when ``--protocol`` is not given."""
 SHORT_PROTOCOL = "quick-v1"
 """The protocol the warning suggests for a demo."""
 PROBE_STEPS = 3

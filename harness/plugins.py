@@ -106,6 +106,7 @@ _BUILTINS: dict[Registry[Any], dict[str, str]] = {
     WEIGHTINGS: {
         "none": "distillbench.harness.stages:NoWeighting",
         "kde": "distillbench.methods.kde:KDEWeighting",
+        "groups": "distillbench.methods.groups:GroupWeighting",
     },
     LABELS: {
         "native": "distillbench.harness.stages:NativeLabels",

@@ -35,6 +35,7 @@ from distillbench.harness.errors import ConfigError, DistillBenchError, Incompat
 from distillbench.harness.params import INT64_MAX, canonical_int, params_to_dict, resolve_auto
 from distillbench.harness.progress import check_loggers
 from distillbench.harness.tuning import identity as tuning_identity
+from distillbench.harness.workflow import DEFAULT_PROTOCOL
 
 AXES = ("dataset", "method", "ipc", "seed", "weighting", "labels", "protocol")
 DEFAULTS = {"weighting": "none", "labels": "native", "seed": 0}
@@ -69,7 +70,7 @@ class TrialSpec:
     seed: int = 0
     weighting: str = "none"
     labels: str = "native"
-    protocol: str = "convnet-v1"
+    protocol: str = DEFAULT_PROTOCOL
     grid: str = "adhoc"
     # "<tuning_id>:search:<n>" or "<tuning_id>:final" for the trials of a tune: section (harness/tuning.py);
     # part of the trial id (a search trial is not the reported trial of the same configuration), not of the

@@ -472,6 +472,115 @@ class TestKDEBehaviour:
         assert float(supcon_loss(tight, y, 0.1)) < float(supcon_loss(mixed, y, 0.1))
 
 
+# ------------------------------------------------------------------ groups (the oracle weighting)
+class TestGroupsWeighting:
+    @pytest.mark.parametrize("share", [0.0, 0.3, 0.5, 1.0])
+    def test_share_of_each_class_on_conflicting(self, colored, share):
+        """groups[share=s] puts s of each class's weight on its conflicting samples, mean 1 per class."""
+        configured = WEIGHTINGS.resolve(f"groups[share={share}]")
+        ctx = Context(device=torch.device("cpu"), generator=torch.Generator(), seed=0)
+        w = configured.obj(configured.params).compute(colored, ctx).double()
+        aligned, y = colored.train.groups["aligned"], colored.train.y
+        for c in range(colored.info.num_classes):
+            in_class = y == c
+            assert float(w[in_class].mean()) == pytest.approx(1.0), f"class {c} mean weight"
+            got = float(w[in_class & ~aligned].sum() / w[in_class].sum())
+            assert got == pytest.approx(share), f"class {c}: conflicting share {got:.3f}, asked {share}"
+            # even within each group: the oracle knows groups, nothing finer
+            assert len(set(w[in_class & aligned].tolist())) == 1
+
+    def test_a_class_with_one_group_stays_uniform(self):
+        """A class without conflicting samples keeps weight 1 (nothing to rebalance, no division by 0)."""
+        from distillbench.methods.groups import group_weights
+
+        y = torch.tensor([0, 0, 0, 1, 1, 1])
+        aligned = torch.tensor([True, True, False, True, True, True])
+        w = group_weights(y, aligned, 2, share=0.5)
+        assert w[3:].tolist() == [1.0, 1.0, 1.0]
+        assert w[2].item() == pytest.approx(1.5) and w[0].item() == pytest.approx(0.75)
+
+    def test_needs_a_dataset_with_groups(self):
+        """On a dataset without bias groups the error names the weighting and the datasets that have them."""
+        configured = WEIGHTINGS.resolve("groups")
+        ctx = Context(device=torch.device("cpu"), generator=torch.Generator(), seed=0)
+        with pytest.raises(ConfigError, match=r"weighting 'groups' needs a dataset with bias groups; 'digits'"):
+            configured.obj(configured.params).compute(load("digits"), ctx)
+
+    @pytest.mark.parametrize("share", ["-0.1", "1.5"])
+    def test_share_out_of_range_is_a_config_error(self, share):
+        with pytest.raises(ConfigError, match="share must be in"):
+            WEIGHTINGS.resolve(f"groups[share={share}]")
+
+
+class TestDMWeightMode:
+    def test_sample_mode_draws_in_proportion_to_the_weights(self):
+        """weight_mode=sample: zero-weight samples are never drawn; the rest in proportion to their weight."""
+        from distillbench.methods.dm import _WeightedSampler
+
+        members = [torch.arange(0, 4), torch.arange(4, 8)]
+        weights = torch.tensor([0.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0])  # class 1: all zero
+        idx = _WeightedSampler(members, weights)(4000, torch.Generator().manual_seed(0)).view(2, -1)
+        first = idx[0].bincount(minlength=8)
+        assert first[0] == 0 and first[3] == 0, "a zero-weight sample was drawn"
+        assert float(first[1] / first[2]) == pytest.approx(3.0, rel=0.15)
+        assert set(idx[1].tolist()) == {4, 5, 6, 7}, "an all-zero class must fall back to uniform draws"
+
+    def test_sample_mode_changes_the_set_and_default_mode_keeps_the_spec(self, colored, tiny_protocol):
+        """dm[weight_mode=sample] gives another set than the weighted mean; the default stays out of the spec."""
+        from distillbench.harness.runner import distill_set
+
+        sets = {}
+        for mode in ("mean", "sample"):
+            spec = TrialSpec(
+                "colored_mnist[base=digits,conflict=0.05]",
+                f"dm[iterations=3,batch_real=16,net=convnet[width=8],weight_mode={mode}]",
+                1,
+                weighting="groups[share=0.9]",
+                protocol="tiny-test",
+            )
+            resolved = resolve_trial(spec)
+            with one_thread():
+                sets[mode] = distill_set(resolved, colored, device=torch.device("cpu")).x
+            if mode == "mean":
+                assert "weight_mode" not in resolved.method.display, "the default must keep existing trial ids"
+        assert torch.isfinite(sets["sample"]).all()
+        assert not torch.allclose(sets["mean"], sets["sample"])
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    """``benchmarks/kde_analysis.py`` imported as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "kde_analysis.py"
+    spec = importlib.util.spec_from_file_location("kde_analysis", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TestWeightStats:
+    """``benchmarks/kde_analysis.py``'s weight-map statistics, which docs/bias.md quotes, mean what they say."""
+
+    def test_uniform_weights(self, analysis, colored):
+        stats = analysis.weight_stats(torch.ones(len(colored.train)), colored, 16, torch.Generator().manual_seed(0))
+        conflict = 1.0 - float(colored.train.groups["aligned"].float().mean())
+        assert stats["conflicting_share"] == pytest.approx(conflict, abs=0.02)
+        assert stats["auc"] == pytest.approx(0.5) and stats["ess_class"] == pytest.approx(1.0)
+        assert stats["ess_batch"] == pytest.approx(16.0) and stats["weightless_batches"] == 0.0
+
+    def test_oracle_weights(self, analysis, colored):
+        from distillbench.methods.groups import group_weights
+
+        aligned = colored.train.groups["aligned"]
+        w = group_weights(colored.train.y, aligned, colored.info.num_classes, share=1.0)
+        stats = analysis.weight_stats(w, colored, 16, torch.Generator().manual_seed(0))
+        assert stats["conflicting_share"] == pytest.approx(1.0) and stats["auc"] == pytest.approx(1.0)
+        # only the conflicting samples carry weight: the class ESS is their share of the class
+        assert stats["ess_class"] == pytest.approx(1.0 - float(aligned.float().mean()), abs=0.02)
+        assert 0.0 < stats["weightless_batches"] < 1.0, "some batches of 16 hold no conflicting sample"
+
+
 # -------------------------------------------------------------------------------------- end to end
 class TestEndToEnd:
     def test_dm_with_kde_on_colored_digits(self, tiny_protocol):
@@ -517,7 +626,8 @@ class TestRealData:
 
 
 def test_params_are_documented():
-    """Every kde and biased-dataset parameter carries a help text."""
-    for cls in (WEIGHTINGS.get("kde").Params, *(DATASETS.get(n).Params for n in ("colored_mnist", "bffhq"))):
+    """Every kde, groups and biased-dataset parameter carries a help text."""
+    weightings = (WEIGHTINGS.get(n).Params for n in ("kde", "groups"))
+    for cls in (*weightings, *(DATASETS.get(n).Params for n in ("colored_mnist", "bffhq"))):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
