@@ -125,13 +125,54 @@ def load_data(name: str, options: dict[str, str], root: str) -> Any:
     return _load_cached(spec_of(name, options), str(Path(root).expanduser().resolve()), False)
 
 
+def random_row(name: str, dataset: str, ipc: int, seeds: list[int], protocol: str, data_root: Any) -> dict:
+    """The ``random`` row of ``ipc`` real sentences per class, pooled over ``seeds`` (``run_trial``)."""
+    from distillbench.harness.runner import run_trial
+    from distillbench.harness.spec import TrialSpec
+
+    accs, seconds = [], 0.0
+    for seed in seeds:
+        [row] = run_trial(
+            TrialSpec(dataset=dataset, method="random", ipc=ipc, seed=seed, protocol=protocol),
+            data_root=data_root,
+            device="cpu",
+        )
+        if row["status"] != "ok":
+            raise SystemExit(f"random ipc {ipc} seed {seed}: {row['status']}: {row['error']}")
+        accs += list(row["acc_per_model"])
+        seconds += row["distill_seconds"] + row["eval_seconds"]
+    return row_of(name, "random", "hard", ipc, accs, seconds, {"spec": "random"})
+
+
+def full_split_row(name: str, data: Any, full_epochs: int, full_models: int) -> dict:
+    """The full train split trained with text-v1's recipe for ``full_epochs`` epochs, ``full_models`` models."""
+    from distillbench.harness.evaluate import evaluate
+    from distillbench.harness.plugins import PROTOCOLS
+    from distillbench.harness.types import DistilledSet
+
+    full_protocol = dataclasses.replace(
+        PROTOCOLS.get("text-v1"), name="text-v1-full-reference", epochs=full_epochs, n_models=full_models
+    )
+    t0 = time.perf_counter()
+    full = DistilledSet(data.train.x, data.train.y, meta={"method": "full train split"})
+    result = evaluate(full_protocol, full, data, seed=0, device="cpu")
+    print(f"  full train split: {result.acc_mean:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return row_of(
+        name,
+        "full train split",
+        "hard",
+        f"all ({len(data.train)})",
+        list(result.acc_per_model),
+        result.seconds,
+        {"spec": f"epochs={full_epochs}, K={full_models}"},
+    )
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run every setting; return the table rows."""
-    from distillbench.harness.evaluate import evaluate
     from distillbench.harness.plugins import PROTOCOLS
     from distillbench.harness.runner import run_trial
     from distillbench.harness.spec import TrialSpec
-    from distillbench.harness.types import DistilledSet
 
     text_v1 = PROTOCOLS.get("text-v1")
     protocol = text_v1
@@ -140,9 +181,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         protocol = dataclasses.replace(text_v1, name=f"text-v1-k{args.models}", n_models=args.models)
         if protocol.name not in PROTOCOLS:
             PROTOCOLS.add(protocol.name, protocol, origin="benchmarks/fidelity_text.py")
-    full_protocol = dataclasses.replace(
-        text_v1, name="text-v1-full-reference", epochs=args.full_epochs, n_models=args.full_models
-    )
     rows: list[dict[str, Any]] = []
     dataset_options = parse_options(args.dataset_options)
     for name in args.datasets.split(","):
@@ -186,34 +224,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         {"spec": method, "iterations": iterations, "runs": curve},
                     )
                 )
-            accs, seconds = [], 0.0
-            for seed in args.seeds:
-                [row] = run_trial(
-                    TrialSpec(dataset=dataset, method="random", ipc=ipc, seed=seed, protocol=protocol.name),
-                    data_root=args.data_root,
-                    device="cpu",
-                )
-                if row["status"] != "ok":
-                    raise SystemExit(f"random ipc {ipc} seed {seed}: {row['status']}: {row['error']}")
-                accs += list(row["acc_per_model"])
-                seconds += row["distill_seconds"] + row["eval_seconds"]
-            print(f"  random ipc {ipc}: {statistics.fmean(accs):.4f}", flush=True)
-            rows.append(row_of(name, "random", "hard", ipc, accs, seconds, {"spec": "random"}))
-        t0 = time.perf_counter()
-        full = DistilledSet(data.train.x, data.train.y, meta={"method": "full train split"})
-        result = evaluate(full_protocol, full, data, seed=0, device="cpu")
-        print(f"  full train split: {result.acc_mean:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        rows.append(
-            row_of(
-                name,
-                "full train split",
-                "hard",
-                f"all ({len(data.train)})",
-                list(result.acc_per_model),
-                result.seconds,
-                {"spec": f"epochs={args.full_epochs}, K={args.full_models}"},
-            )
-        )
+            row = random_row(name, dataset, ipc, args.seeds, protocol.name, args.data_root)
+            print(f"  random ipc {ipc}: {row['acc_mean']:.4f}", flush=True)
+            rows.append(row)
+        rows.append(full_split_row(name, data, args.full_epochs, args.full_models))
     return rows
 
 

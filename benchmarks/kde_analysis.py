@@ -196,7 +196,8 @@ def cmd_subsets(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for label, idx in subsets.items():
         t = time.perf_counter()
-        cols = evaluate_set(protocol, DistilledSet(x=data.train.x[idx], y=y[idx]), data, seed=args.seed)
+        dset = DistilledSet(x=data.train.x[idx], y=y[idx])
+        cols = evaluate_set(protocol, dset, data, seed=args.seed, device=torch.device("cpu"))
         row = {
             "subset": label,
             "n": len(idx),

@@ -1,0 +1,65 @@
+"""Smoke tests of benchmark scripts that have no test module of their own (``benchmarks/long_dd.py``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures_text"
+
+
+def script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_long_dd_text_curve_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Text mode on the fixtures: 2 milestones, one curve line each; a rerun adds none."""
+    long_dd = script("long_dd")
+    argv = [
+        "--text", "sst2", "--labels", "soft", "--ipc", "1", "--data-root", str(FIXTURES),
+        "--dataset-options", f"vocab_size=50,max_len=6,embeddings={FIXTURES / 'glove.txt'}",
+        "--dd", "net=textcnn[filters=4],batch_size=4", "--epochs", "4", "--every", "2", "--out", str(tmp_path),
+    ]  # fmt: skip
+    assert long_dd.main(argv) == 0
+    curve = tmp_path / "text-sst2-soft-1-seed0.jsonl"
+    points = [json.loads(line) for line in curve.read_text().splitlines()]
+    assert [p["epochs"] for p in points] == [2, 4]
+    assert {p["dataset"] for p in points} == {"sst2"} and {p["labels"] for p in points} == {"soft"}
+    assert all(p["spec"].endswith("epochs=4,soft_labels=true]") for p in points)
+    assert (tmp_path / "text-sst2-soft-1-seed0.ckpt").is_file()
+    baseline = json.loads((tmp_path / "text-sst2-random-1-seed0.json").read_text())
+    assert baseline["method"] == "random" and baseline["protocol"] == "text-v1"
+    capsys.readouterr()
+    assert long_dd.main(argv) == 0
+    assert len(curve.read_text().splitlines()) == 2
+    assert "2 already done" in capsys.readouterr().out
+
+
+def test_long_dd_mnist_mode_keeps_its_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """MNIST mode (runs in progress resume with it): same slug, JSON keys and seed; a rerun adds nothing."""
+    long_dd = script("long_dd")
+    argv = ["--only", "0", "--dataset", "digits", "--data-root", str(tmp_path / "empty"), "--epochs", "2"]
+    assert long_dd.main([*argv, "--every", "1", "--out", str(tmp_path)]) == 0
+    curve = tmp_path / "dd-10-fixed-seed0.jsonl"
+    points = [json.loads(line) for line in curve.read_text().splitlines()]
+    assert [p["epochs"] for p in points] == [1, 2]
+    assert list(points[0]) == [
+        "setting", "seed", "epochs", "iterations", "acc", "distill_seconds_this_leg", "reported", "spec", "time",
+    ]  # fmt: skip
+    assert points[0]["spec"].startswith("dd[distill_steps=1,distill_epochs=3,distill_lr=0.02,lr=0.01,epochs=2,")
+    capsys.readouterr()
+    assert long_dd.main([*argv, "--every", "1", "--out", str(tmp_path)]) == 0
+    assert len(curve.read_text().splitlines()) == 2
+    assert "points at [1, 2]; 2 already done" in capsys.readouterr().out
