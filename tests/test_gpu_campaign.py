@@ -128,8 +128,9 @@ class TestDryRun:
         """A cell whose method has an unknown parameter fails the dry run, naming the cell and the parameter."""
         import dataclasses
 
-        broken = dataclasses.replace(campaign.CELLS[3], method="dc[iteratoins=5]")
-        monkeypatch.setattr(campaign, "CELLS", (*campaign.CELLS[:3], broken, *campaign.CELLS[4:]))
+        at = next(i for i, c in enumerate(campaign.CELLS) if c.name == "dc-mnist-ipc1")
+        broken = dataclasses.replace(campaign.CELLS[at], method="dc[iteratoins=5]")
+        monkeypatch.setattr(campaign, "CELLS", (*campaign.CELLS[:at], broken, *campaign.CELLS[at + 1 :]))
         rc, _, err = run_main(campaign, capsys, "--dry-run")
         assert rc == 2 and "cell 'dc-mnist-ipc1'" in err and "iteratoins" in err
 
