@@ -61,6 +61,8 @@ VARIANTS: tuple[tuple[str, str, str], ...] = (  # the most telling first: a stop
     ("groups share 1 (oracle, conflicting only)", "groups[share=1.0]", ""),
     ("groups share 1, batch drawn by weight", "groups[share=1.0]", "weight_mode=sample"),
     ("kde, 256 real images per class", "kde", "batch_real=256"),
+    ("kde power 5, batch drawn by weight", "kde[power=5]", "weight_mode=sample"),
+    ("groups share 0.9 (oracle)", "groups[share=0.9]", ""),
     ("kde power 1, clip 10 (plain inverse density)", "kde[power=1,clip=10]", ""),
     ("kde power 2, no clip", "kde[power=2,clip=none]", ""),
     ("kde power 5", "kde[power=5]", ""),
@@ -154,10 +156,13 @@ def cmd_ablate(args: argparse.Namespace) -> list[dict[str, Any]]:
             continue
         dm = ",".join(p for p in (DM_BASE if "batch_real" not in extra else "net=convnet[width=32]", extra) if p)
         t = time.perf_counter()
-        result = run_curve(args.dataset, args.data_root, weighting, args.ipc, [args.iterations], dm, args.protocol)
+        result = run_curve(
+            args.dataset, args.data_root, weighting, args.ipc, [args.iterations], dm, args.protocol, args.seed
+        )
         (point,) = result["points"]
         row = {
             "label": label,
+            "seed": args.seed,
             "weighting": result["weighting"],
             "method": result["method"],
             "ipc": args.ipc,
