@@ -304,7 +304,7 @@ def _dry_run(plan: Any, done: set[str], results: Any = None) -> None:
             flushed = time.monotonic()
     searches = plan.searches() if plan.tunes else []
     if searches:
-        _dry_run_searches(searches, results)
+        _print_searches(searches, results)
         finals = sum(len(s.final_seeds) for s in searches)
         print(
             f"grid {plan.name!r}: {total} trials, {total - finished} to run, {finished} done; {len(searches)} searches "
@@ -314,8 +314,11 @@ def _dry_run(plan: Any, done: set[str], results: Any = None) -> None:
     print(f"grid {plan.name!r}: {total} trials, {total - finished} to run, {finished} done")
 
 
-def _dry_run_searches(searches: list[Any], results: Any) -> None:
-    """The searches of tuned blocks: budget, what the rows already hold, and the final trials that follow."""
+def _print_searches(searches: list[Any], results: Any) -> None:
+    """The searches of tuned blocks: budget, what the rows already hold, and the final trials that follow.
+
+    Shared by ``run --dry-run`` and ``status --grid``; ``results`` None lists every search as pending.
+    """
     from distillbench.harness import tuning
 
     states = tuning.read_states(results, searches) if results is not None else {}
@@ -661,6 +664,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                 finished = {i for i, t in trials.items() if t["status"] in ("ok", "diverged")}
                 pending = str(sum(1 for t in grid.trials if t.trial_id not in finished))
         print(f"{name:24} {counts['ok']:>6} {counts['diverged']:>9} {counts['error']:>7} {pending:>8}")
+    # A search's final trials exist only once it has chosen a configuration (their ids carry it), so the
+    # pending column cannot count them before then; counting those of finished searches only would mix
+    # known and unknown. Pending stays the untuned trials, said so, and the searches are listed after it.
+    for grid in grids:
+        if grid.searches:
+            finals = sum(len(s.final_seeds) for s in grid.searches)
+            print(
+                f"\ngrid {grid.name!r}: pending counts its untuned trials only; {len(grid.searches)} searches "
+                f"and up to {finals} final trials follow"
+            )
+            _print_searches(list(grid.searches), results)
     errors = Counter(
         str(t.get("error") or "").strip().splitlines()[0] if t.get("error") else t["status"]
         for t in trials.values()

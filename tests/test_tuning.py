@@ -386,6 +386,82 @@ class TestLeaderboard:
         ]
 
 
+def _search_rows(results: Path, search: Search, trials: int) -> None:
+    """Rows of ``trials`` finished search trials of ``search``, as the driver writes them (no Ray)."""
+    from distillbench.harness import store
+
+    for ordinal in range(trials):
+        params = {"lr_img": 0.5 + ordinal}
+        resolved = search.trial(params, ordinal).resolve()
+        store.write_row(
+            results,
+            {
+                "trial_id": resolved.trial_id,
+                "grid": "tuned",
+                "dataset": "digits",
+                "method": resolved.spec.method,
+                "ipc": 1,
+                "seed": search.tuning_seed,
+                "status": "ok",
+                "val_acc_mean": 0.5,
+                "spec_json": json.dumps(resolved.canonical(), sort_keys=True),
+                "start_time": "2026-01-01T00:00:00+00:00",
+                "end_time": "2026-01-01T00:01:00+00:00",
+                **search.columns(params),
+                "tuning_id": search.tuning_id,
+                "tune_role": "search",
+            },
+        )
+
+
+class TestStatus:
+    """``status --grid`` of a tuned grid lists its searches as ``run --dry-run`` does and says what pending covers."""
+
+    NOTE = "grid 'tuned': pending counts its untuned trials only; 2 searches and up to 4 final trials follow"
+
+    def test_empty_store_lists_every_search_as_pending(self, tmp_path):
+        from distillbench.harness.spec import open_grid_file
+
+        grid = _grid(tmp_path)
+        searches = open_grid_file(grid).searches()
+        (tmp_path / "results" / "rows").mkdir(parents=True)
+        code, out, err = _cli("status", str(tmp_path / "results"), "--grid", str(grid))
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[1].split() == ["tuned", "0", "0", "0", "0"]  # a tuned block has no untuned trials
+        assert self.NOTE in lines
+        assert "tuned: up to 4 search trials per (dataset, method, ipc, weighting, labels), then final trials" in lines
+        for search in searches:
+            (line,) = [x for x in lines if f"search {search.tuning_id}  " in x]
+            assert f"search {search.tuning_id}  pending  digits" in line and ": 0 of 4 trials spent" in line
+        assert out.count("then 2 final trials with the chosen configuration (seeds 0, 1)") == 2
+        code, out, _ = _cli("status", str(tmp_path / "results"))  # without --grid nothing is known of searches
+        assert code == 0 and "search " not in out and "pending counts" not in out
+
+    def test_partial_and_finished_searches(self, tmp_path):
+        """Rows of 2 of 4 search trials: pending, 2 spent; all 4: done, while the other search stays pending."""
+        from distillbench.harness.spec import open_grid_file
+
+        grid = _grid(tmp_path)
+        first, second = open_grid_file(grid).searches()
+        results = tmp_path / "results"
+        _search_rows(results, first, 2)
+        code, out, err = _cli("status", str(results), "--grid", str(grid))
+        assert code == 0, err
+        assert self.NOTE in out.splitlines()
+        (line,) = [x for x in out.splitlines() if f"search {first.tuning_id}  " in x]
+        assert f"search {first.tuning_id}  pending  " in line and ": 2 of 4 trials spent" in line
+        _search_rows(results, first, 4)
+        code, out, err = _cli("status", str(results), "--grid", str(grid))
+        assert code == 0, err
+        lines = out.splitlines()
+        (line,) = [x for x in lines if f"search {first.tuning_id}  " in x]
+        assert f"search {first.tuning_id}  done     " in line and ": 4 of 4 trials spent" in line
+        (line,) = [x for x in lines if f"search {second.tuning_id}  " in x]
+        assert f"search {second.tuning_id}  pending  " in line and ": 0 of 4 trials spent" in line
+        assert lines[1].split()[:2] == ["tuned", "4"]  # the search trials' rows are counted as done
+
+
 # ---------------------------------------------------------------------------------------------- Ray
 PLUGIN = textwrap.dedent(
     '''
