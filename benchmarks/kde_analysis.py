@@ -148,7 +148,7 @@ def cmd_ablate(args: argparse.Namespace) -> list[dict[str, Any]]:
     done: set[str] = set()
     if args.out.exists():
         done = {json.loads(line)["label"] for line in args.out.read_text().splitlines() if line.strip()}
-    wanted = [v for v in VARIANTS if not args.only or any(o in v[0] for o in args.only.split(","))]
+    wanted = [v for v in VARIANTS if not args.only or any(o in v[0] for o in args.only)]
     rows = []
     for label, weighting, extra in wanted:
         if label in done:
@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="weights: batch size of the batch ESS")
     parser.add_argument("--protocol", default="convnet-v1-cpu-reduced")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", default="", help="ablate: variants whose label contains one of these (comma-sep.)")
+    parser.add_argument(
+        "--only", action="append", default=[], help="ablate: run the variants whose label contains this (repeatable)"
+    )
     parser.add_argument("--out", type=Path, help="ablate: JSON-lines file (appended; finished variants skipped)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON list at the end")
