@@ -34,6 +34,7 @@ Usage (one thread each; the weights take minutes, each ablation variant about 3-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -46,11 +47,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bias_curve import COLUMNS, run_curve  # noqa: E402
 
 from distillbench.harness.errors import DistillBenchError  # noqa: E402
-from distillbench.harness.plugins import DATASETS, PROTOCOLS  # noqa: E402
+from distillbench.harness.plugins import DATASETS, PROTOCOLS, WEIGHTINGS  # noqa: E402
 from distillbench.harness.runner import evaluate_set  # noqa: E402
-from distillbench.harness.types import DataBundle, DistilledSet  # noqa: E402
+from distillbench.harness.stages import Weighting  # noqa: E402
+from distillbench.harness.types import Context, DataBundle, DistilledSet  # noqa: E402
 from distillbench.methods.groups import group_weights  # noqa: E402
-from distillbench.methods.kde import KDEParams, embed, kde_weights  # noqa: E402
+from distillbench.methods.kde import KDEParams, bandwidth_rule, embed, kde_weights, loo_log_density  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class LowestParams:
+    fraction: float = dataclasses.field(default=0.05, metadata={"help": "share of each class kept (lowest density)"})
+
+
+class KDELowest(Weighting):
+    """A threshold map on ``kde``'s densities (benchmark-only): the lowest-density ``fraction`` of each
+    class shares the class's weight evenly, the rest gets 0. It asks whether a map that spreads the
+    weight over the rare samples, instead of ``density ** -power`` (which piles it on the rarest few),
+    brings ``kde`` to the ``groups`` oracle. Same SupCon encoder and median bandwidth as ``kde``."""
+
+    name = "kde_lowest"
+    Params = LowestParams
+
+    def compute(self, data: DataBundle, ctx: Context) -> torch.Tensor:
+        z = embed(data, KDEParams(), ctx.seed, torch.device("cpu"))
+        return lowest_weights(z, data.train.y, data.info.num_classes, self.params.fraction)
+
+
+def lowest_weights(z: torch.Tensor, labels: torch.Tensor, num_classes: int, fraction: float) -> torch.Tensor:
+    """Weight ``1 / fraction`` on the lowest-density ``fraction`` of each class (median bandwidth), 0 elsewhere."""
+    w = torch.zeros(len(labels))
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c, as_tuple=True)[0]
+        log_p = loo_log_density(z[idx], bandwidth_rule(z[idx], "median"))
+        keep = idx[torch.argsort(log_p)[: max(1, round(fraction * len(idx)))]]
+        w[keep] = len(idx) / len(keep)
+    return w
+
+
+WEIGHTINGS.add("kde_lowest", KDELowest, origin="benchmarks/kde_analysis.py")
+
 
 # (label, weighting, further dm parameters): the ablation of issue 20, at one iteration count.
 VARIANTS: tuple[tuple[str, str, str], ...] = (  # the most telling first: a stopped run has them
@@ -63,6 +99,8 @@ VARIANTS: tuple[tuple[str, str, str], ...] = (  # the most telling first: a stop
     ("kde, 256 real images per class", "kde", "batch_real=256"),
     ("kde power 5, batch drawn by weight", "kde[power=5]", "weight_mode=sample"),
     ("groups share 0.9 (oracle)", "groups[share=0.9]", ""),
+    ("kde lowest 5% (threshold map, benchmark-only)", "kde_lowest[fraction=0.05]", ""),
+    ("kde lowest 10% (threshold map, benchmark-only)", "kde_lowest[fraction=0.1]", ""),
     ("kde power 1, clip 10 (plain inverse density)", "kde[power=1,clip=10]", ""),
     ("kde power 2, no clip", "kde[power=2,clip=none]", ""),
     ("kde power 5", "kde[power=5]", ""),
@@ -141,6 +179,9 @@ def cmd_weights(args: argparse.Namespace) -> list[dict[str, Any]]:
                 label = f"kde[encoder={encoder},bandwidth={bandwidth},power={s['power']},clip={clip}]"
                 report(label, w, embed_s + time.perf_counter() - t)
                 embed_s = 0.0  # the encoder's time is counted once, with its first weight map
+        if encoder == "supcon":
+            for fraction in (0.05, 0.1):
+                report(f"kde_lowest[fraction={fraction}] (benchmark-only)", lowest_weights(z, y, C, fraction))
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -555,6 +556,7 @@ def analysis():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "kde_analysis.py"
     spec = importlib.util.spec_from_file_location("kde_analysis", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["kde_analysis"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
