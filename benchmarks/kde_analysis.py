@@ -111,7 +111,7 @@ VARIANTS: tuple[tuple[str, str, str], ...] = (  # the most telling first: a stop
     ("groups share 0.5 (oracle, balanced)", "groups[share=0.5]", ""),
     ("groups share 0.74, batch drawn by weight", "groups[share=0.74]", "weight_mode=sample"),
 )
-DM_BASE = "batch_real=64,net=convnet[width=32]"  # the CPU bias settings of docs/bias.md
+DM_BASE = {"batch_real": "64", "net": "convnet[width=32]"}  # the CPU bias settings of docs/bias.md
 
 
 def load(dataset: str, root: Path) -> DataBundle:
@@ -195,7 +195,9 @@ def cmd_ablate(args: argparse.Namespace) -> list[dict[str, Any]]:
         if label in done:
             print(f"skip (done): {label}", file=sys.stderr)
             continue
-        dm = ",".join(p for p in (DM_BASE if "batch_real" not in extra else "net=convnet[width=32]", extra) if p)
+        # A variant's own DM parameters override the base ones (batch_real=256 replaces 64).
+        options = {**DM_BASE, **dict(o.split("=", 1) for o in extra.split(",") if o)}
+        dm = ",".join(f"{k}={v}" for k, v in options.items())
         t = time.perf_counter()
         result = run_curve(
             args.dataset, args.data_root, weighting, args.ipc, [args.iterations], dm, args.protocol, args.seed
