@@ -16,6 +16,10 @@ rounding; set ``DISTILLBENCH_COMPILE=on`` (or ``off``) for both to compare sets 
 
     python benchmarks/bias_curve.py --data-root ../shared/data/mnist-10k --at 0,200,1000,3000 \\
         --weighting kde --threads 1 --json > kde.json
+
+Long curves (DM's 20,000 iterations take about an hour a run on one CPU thread) take
+``--checkpoint FILE``: the loop state and the points so far are saved every ``--checkpoint-s``
+seconds, and the same command run again after an interruption continues from there.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 
 import torch
 
-from distillbench.harness.checkpoint import NoCheckpoint
+from distillbench.harness.checkpoint import Checkpointer, NoCheckpoint
 from distillbench.harness.errors import DistillBenchError
 from distillbench.harness.runner import distill_set, evaluate_set, load_data
 from distillbench.harness.spec import TrialSpec
@@ -45,28 +49,61 @@ class Snapshots(NoCheckpoint):
     Evaluating inside the loop (rather than after it) leaves the run's randomness alone: DM draws
     only from its own generators, evaluation from generators seeded by the trial seed. It also
     means a run stopped part-way has already reported its earlier points.
+
+    With a ``saver`` (a :class:`Checkpointer`), DM's loop state is saved on the saver's schedule
+    together with the curve so far (its points, the distillation seconds spent, the run it belongs
+    to), and a restarted run continues from it instead of from iteration 0.
     """
 
-    def __init__(self, at: list[int], evaluate: Callable[[int, torch.Tensor, float], None]) -> None:
+    def __init__(
+        self,
+        at: list[int],
+        evaluate: Callable[[int, torch.Tensor, float], None],
+        run: str = "",
+        saver: NoCheckpoint | None = None,
+    ) -> None:
         self.at = set(at)
         self.evaluate = evaluate
+        self.run = run
+        self.saver = saver or NoCheckpoint()
+        self.points: list[dict[str, Any]] = []
         self._t0 = time.perf_counter()
         self._paused = 0.0  # evaluation time, kept out of the distillation time
+        self._before = 0.0  # distillation seconds spent before a resume
+
+    def seconds(self) -> float:
+        return self._before + time.perf_counter() - self._t0 - self._paused
 
     def _point(self, iteration: int, syn: torch.Tensor) -> None:
         if iteration in self.at:
             t = time.perf_counter()
-            self.evaluate(iteration, syn.detach().cpu().clone(), t - self._t0 - self._paused)
+            self.evaluate(iteration, syn.detach().cpu().clone(), self.seconds())
             self._paused += time.perf_counter() - t
 
+    # The curve travels in the checkpoint file as one more object with a state dict.
+    def state_dict(self) -> dict[str, Any]:
+        return {"run": self.run, "points": list(self.points), "seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["run"] != self.run:
+            raise DistillBenchError(
+                f"the checkpoint holds a curve of another run ({state['run']}), not of {self.run}; "
+                "delete it or pass another --checkpoint"
+            )
+        self.points[:] = state["points"]
+        self._before = float(state["seconds"])
+
     def resume(self, **objects: Any) -> int:
+        start = self.saver.resume(**objects, curve=self)
         self._t0 = time.perf_counter()
-        self._point(0, objects["syn"])
-        return 0
+        self._paused = 0.0
+        if start == 0:
+            self._point(0, objects["syn"])
+        return start
 
     def maybe_save(self, iteration: int, **objects: Any) -> bool:
         self._point(iteration, objects["syn"])
-        return False
+        return self.saver.maybe_save(iteration, **objects, curve=self)
 
 
 def _percent(value: float | None) -> str:
@@ -83,24 +120,26 @@ def run_curve(
     protocol: str = "convnet-v1-cpu-reduced",
     seed: int = 0,
     device: str = "cpu",
+    checkpoint: NoCheckpoint | None = None,
 ) -> dict[str, Any]:
     """One DM run of ``at[-1]`` iterations, its set evaluated at the iterations ``at`` (sorted).
 
     Returns the run's facts and its ``points``; prints a line per point to stderr as it goes.
     Raises ``DistillBenchError`` for a bad spec or a missing dataset before any work is done.
+    With a ``checkpoint`` (a :class:`Checkpointer`), the run continues from the state saved there
+    by an interrupted run of the same curve, and deletes the file once it is complete.
     """
     method = f"dm[iterations={at[-1]},{dm}]" if dm else f"dm[iterations={at[-1]}]"
     spec = TrialSpec(dataset, method, ipc, seed, weighting, protocol=protocol)
     resolved = spec.resolve()
     data = load_data(resolved, Path(data_root))
     dev = torch.device(device)
-    points: list[dict[str, Any]] = []
     labels = torch.arange(data.info.num_classes).repeat_interleave(ipc)
 
     def evaluate(iteration: int, syn: torch.Tensor, distill_s: float) -> None:
         cols = evaluate_set(resolved.protocol, DistilledSet(x=syn, y=labels, meta={}), data, seed=seed, device=dev)
         point = {"iteration": iteration, "distill_seconds": round(distill_s, 1), **{k: cols[k] for k in COLUMNS}}
-        points.append(point)
+        snapshots.points.append(point)
         print(
             f"{resolved.weighting.display:>10} it={iteration:>6} {distill_s:8.1f} s  "
             + "  ".join(f"{k[4:]}={_percent(point[k])}" for k in COLUMNS if k != "acc_std"),
@@ -108,7 +147,10 @@ def run_curve(
             flush=True,
         )
 
-    distill_set(resolved, data, device=dev, checkpoint=Snapshots(at, evaluate))
+    run = f"{resolved.dataset.display} {resolved.method.display} {resolved.weighting.display} ipc={ipc} seed={seed}"
+    snapshots = Snapshots(at, evaluate, run=run, saver=checkpoint)
+    distill_set(resolved, data, device=dev, checkpoint=snapshots)
+    snapshots.saver.clear()
     return {
         "dataset": resolved.dataset.display,
         "method": resolved.method.display,
@@ -117,7 +159,7 @@ def run_curve(
         "seed": seed,
         "protocol": resolved.protocol.name,
         "device": str(dev),
-        "points": points,
+        "points": snapshots.points,
     }
 
 
@@ -134,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    parser.add_argument(
+        "--checkpoint",
+        help="file for DM's loop state and the curve so far; a rerun with the same arguments continues from it",
+    )
+    parser.add_argument("--checkpoint-s", type=float, default=300.0, help="seconds between saves (default 300)")
     args = parser.parse_args(argv)
 
     try:
@@ -145,9 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    saver = Checkpointer(Path(args.checkpoint), every_s=args.checkpoint_s) if args.checkpoint else None
     try:
         result = run_curve(
-            args.dataset, args.data_root, args.weighting, args.ipc, at, args.dm, args.protocol, args.seed, args.device
+            args.dataset,
+            args.data_root,
+            args.weighting,
+            args.ipc,
+            at,
+            args.dm,
+            args.protocol,
+            args.seed,
+            args.device,
+            checkpoint=saver,
         )
     except DistillBenchError as exc:  # an unknown name, a bad parameter, a missing dataset: one line
         print(f"bias_curve: {exc}", file=sys.stderr)

@@ -63,3 +63,42 @@ def test_long_dd_mnist_mode_keeps_its_files(tmp_path: Path, capsys: pytest.Captu
     assert long_dd.main([*argv, "--every", "1", "--out", str(tmp_path)]) == 0
     assert len(curve.read_text().splitlines()) == 2
     assert "points at [1, 2]; 2 already done" in capsys.readouterr().out
+
+
+def test_bias_curve_continues_an_interrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_protocol: object
+) -> None:
+    """A curve killed part-way continues from its checkpoint: the same points, the done ones not redone."""
+    from distillbench.harness.checkpoint import Checkpointer
+    from distillbench.harness.errors import DistillBenchError
+
+    bias_curve = script("bias_curve")
+    args = ("digits", tmp_path, "none", 2, [0, 2, 4], "batch_real=16,net=convnet[width=8]", "tiny-test")
+    whole = bias_curve.run_curve(*args)
+
+    evaluate_set, calls = bias_curve.evaluate_set, []
+
+    def lost_at_third_point(*a: object, **k: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("node lost")
+        return evaluate_set(*a, **k)
+
+    ckpt = tmp_path / "curve.pt"
+    monkeypatch.setattr(bias_curve, "evaluate_set", lost_at_third_point)
+    with pytest.raises(RuntimeError, match="node lost"):
+        bias_curve.run_curve(*args, checkpoint=Checkpointer(ckpt, every=2))
+    assert ckpt.is_file(), "no checkpoint was left by the interrupted curve"
+
+    with pytest.raises(DistillBenchError, match="another run"):
+        bias_curve.run_curve(*args, seed=1, checkpoint=Checkpointer(ckpt, every=2))
+
+    calls.clear()
+    resumed = bias_curve.run_curve(*args, checkpoint=Checkpointer(ckpt, every=2))
+    assert len(calls) == 1, f"the resumed curve evaluated {len(calls)} points; only iteration 4 was left"
+
+    def columns(result: dict) -> list[dict]:
+        return [{k: v for k, v in p.items() if k != "distill_seconds"} for p in result["points"]]
+
+    assert columns(resumed) == columns(whole), "the resumed curve differs from the uninterrupted one"
+    assert not ckpt.exists(), "the checkpoint of a finished curve was not deleted"
