@@ -903,15 +903,16 @@ def _search_algorithm(search: Any, state: Any, metric: str) -> Any:
     if settings.search == "random":
         seed = derive_seed("random", settings.seed, search.tuning_id)
         return _SeededRandom(domains, seed, state.next_ordinal, metric, "max")
+    # A model-based search starts with random draws: a third of a trials budget (at most 10, Optuna's default),
+    # so a 12-trial search is not all random (HyperOpt's own default of 20 would make it so).
+    budget = settings.budget.trials
+    startup = max(1, min(10, budget // 3)) if budget is not None else 10
     if settings.search == "optuna":
         import optuna
         from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # A fresh seed per resume point: the same seed would draw the first suggestions again. TPE's random
-        # start is a third of a trials budget (at most Optuna's default 10), so a 12-trial search is not all random.
-        budget = settings.budget.trials
-        startup = max(1, min(10, budget // 3)) if budget is not None else 10
+        # A fresh seed per resume point: the same seed would draw the first suggestions again.
         sampler = optuna.samplers.TPESampler(
             seed=derive_seed("optuna", settings.seed, search.tuning_id, done), n_startup_trials=startup
         )
@@ -928,11 +929,13 @@ def _search_algorithm(search: Any, state: Any, metric: str) -> Any:
         return algorithm
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    # HyperOptSearch takes no finished results: after a resume it starts from its random phase again.
+    # HyperOptSearch takes no finished results: after a resume it starts from its random phase again, on a
+    # fresh seed (the same one would draw the first suggestions again).
     return HyperOptSearch(
         space=HyperOptSearch.convert_search_space(domains),
         metric=metric,
         mode="max",
+        n_initial_points=startup,
         random_state_seed=derive_seed("hyperopt", settings.seed, search.tuning_id, done),
     )
 

@@ -529,7 +529,9 @@ def ray_session():
     ray.shutdown()
 
 
-def _tuned_grid(folder: Path, plugin: Path, *, budget: int = 3, scheduler: str = "none") -> Path:
+def _tuned_grid(
+    folder: Path, plugin: Path, *, budget: int = 3, scheduler: str = "none", search: str = "random"
+) -> Path:
     """A tuned grid in ``folder`` using the plugin file ``plugin`` (one per test: a second copy of the same
     plugin in one process would register its method twice)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -546,7 +548,7 @@ def _tuned_grid(folder: Path, plugin: Path, *, budget: int = 3, scheduler: str =
             "seed": [0],
             "tune": {
                 "budget": {"trials": budget},
-                "search": "random",
+                "search": search,
                 "scheduler": scheduler,
                 "concurrency": 1,
                 "space": {"counted_dm": {"lr_img": "loguniform(0.1, 100)"}},
@@ -598,6 +600,26 @@ def test_search_resume_and_finished_search(tmp_path, ray_session):
     assert _executions(plugin) == 5  # one search trial again; the final trial already had its row
     code, out, err = _cli(*run)
     assert code == 0 and _executions(plugin) == 5  # a finished search is not run again
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("search", ["optuna", "hyperopt"])
+def test_model_based_search_runs_its_budget_and_keeps_the_best(tmp_path, ray_session, search):
+    """OptunaSearch and HyperOptSearch, through the scheduler: the budget's suggestions, all inside the space and
+    distinct, one final trial on the best validation score."""
+    plugin = tmp_path / "tuning_plugin.py"
+    grid = _tuned_grid(tmp_path / "g", plugin, budget=3, search=search)  # 1 random start, 2 model-based
+    results = tmp_path / "results"
+    code, out, err = _cli("run", str(grid), "--results", str(results), "--data-root", str(tmp_path), "--no-leaderboard")
+    assert code == 0, out + err
+    rows = _read(results)
+    search_rows, final = rows[rows.tune_role == "search"], rows[rows.tune_role == "final"]
+    assert len(search_rows) == 3 and len(final) == 1, f"{search}: {len(search_rows)} search rows, {len(final)} final"
+    rates = [json.loads(p)["lr_img"] for p in search_rows.tune_params]
+    assert all(0.1 <= r <= 100 for r in rates) and len(set(rates)) == 3, f"{search} suggested {rates}"
+    best = search_rows.loc[search_rows.val_acc_mean.idxmax()]
+    assert final.tune_params.iloc[0] == best.tune_params, f"{search}: the final trial is not the best search trial"
+    assert _executions(plugin) == 4
 
 
 @pytest.mark.ray  # two whole searches (about 50 s loaded): kept in the default run, it is issue 19's core promise
