@@ -633,14 +633,7 @@ def run_grid(
                 ],
             ),
         )
-        try:
-            tuner.fit()
-        except Exception as exc:
-            # A store that takes no more writes also fails Tune's own state files under <results>/ray
-            # (a TuneError around the OSError): the same problem, said once, without a traceback.
-            if store.storage_problem(exc) is None:
-                raise
-            progress.stop(store.write_problem_message(where / "ray", exc))
+        _fit(tuner, progress, where)
     finally:
         progress.close()
         if _in_main_thread():
@@ -678,6 +671,20 @@ def _report_interval() -> float:
     if not (value >= 0 and value < float("inf")):
         raise ConfigError(f"DISTILLBENCH_REPORT_INTERVAL must be a number of seconds >= 0, got {text!r}")
     return value
+
+
+def _fit(tuner: Any, progress: Any, where: store.Location) -> None:
+    """``tuner.fit()``; a store that takes no more writes stops ``progress`` with one line instead of raising.
+
+    Such a store also fails Tune's own state files under ``<results>/ray`` (a TuneError around the OSError):
+    the same problem as the rows', said once, without a traceback.
+    """
+    try:
+        tuner.fit()
+    except Exception as exc:
+        if store.storage_problem(exc) is None:
+            raise
+        progress.stop(store.write_problem_message(where / "ray", exc))
 
 
 def _logger_callbacks(names: Sequence[str], *, where: store.Location, grid_name: str) -> list[Any]:
@@ -1176,6 +1183,8 @@ def run_searches(
     address: str | None = None,
     ray_init: Mapping[str, Any] | None = None,
     outcome: TuningOutcome | None = None,
+    callbacks: Sequence[Any] = (),
+    loggers: Sequence[str] = (),
 ) -> TuningOutcome:
     """Run every unfinished search of ``searches``, then decide their final trials.
 
@@ -1184,13 +1193,17 @@ def run_searches(
 
     Each search is one Tune experiment: its search algorithm (seeded), ASHA on the probes when asked, the
     block's resources and retries, claims on every trial, and one claim on the search itself so two runs of
-    the grid never search the same cell at once. Finished search trials are read back from the rows first,
-    so an interrupted search continues where it stopped and a finished one is not run again. The best
-    configuration by the objective among the search rows (the earliest on a tie) gives the final trials.
+    the grid never search the same cell at once. Its trials reach the ``loggers`` and ``callbacks`` as
+    :func:`run_grid`'s do (a tracker sees every configuration tried, not only the final trials). Finished
+    search trials are read back from the rows first, so an interrupted search continues where it stopped
+    and a finished one is not run again. The best configuration by the objective among the search rows (the
+    earliest on a tie) gives the final trials.
 
     Raises:
-        DistillBenchError: the results cannot be written (before anything runs).
+        DistillBenchError: the results cannot be written, or a logger cannot work (before anything runs).
     """
+    from distillbench.harness.progress import check_loggers
+
     stream = stream or sys.stderr
     where = store.location(results)
     outcome = outcome if outcome is not None else TuningOutcome()
@@ -1202,6 +1215,7 @@ def run_searches(
     start = time.monotonic()
     if not all(state.finished for state in states.values()):
         store.check_writable(where)
+        loggers = check_loggers(list(loggers), "loggers")
     for search in searches:
         state = states[search.tuning_id]
         if not state.finished:
@@ -1234,6 +1248,8 @@ def run_searches(
                     run_id=run_id,
                     show_progress=show_progress,
                     stream=stream,
+                    # Fresh logger callbacks per experiment: they keep per-experiment state (runs, files).
+                    callbacks=[*_logger_callbacks(loggers, where=where, grid_name=grid_name), *callbacks],
                 )
             finally:
                 claim.release()
@@ -1291,6 +1307,7 @@ def _run_search(
     run_id: str,
     show_progress: bool,
     stream: TextIO,
+    callbacks: Sequence[Any] = (),
 ) -> bool:
     """One search as one Tune experiment; whether its budget was spent (False: interrupted or store full)."""
     settings = search.settings
@@ -1347,15 +1364,12 @@ def _run_search(
             callbacks=[
                 _Guarded(_RowWriter(where.uri, progress, run_id), progress),
                 _Guarded(_StoppedRows(where.uri, driver, progress, run_id), progress),
+                *(_Guarded(cb, progress) for cb in callbacks),
             ],
         ),
     )
     try:
-        tuner.fit()
-    except Exception as exc:
-        if store.storage_problem(exc) is None:
-            raise
-        progress.stop(store.write_problem_message(where / "ray", exc))
+        _fit(tuner, progress, where)
     finally:
         progress.close()
     outcome.ran += progress.ok + progress.failed
@@ -1393,7 +1407,11 @@ def run_tuned_grid(
     """
     tuned = TuningOutcome()
     try:
-        shared = {k: kwargs[k] for k in ("resources", "retries", "download", "artefacts", "plugins") if k in kwargs}
+        shared = {
+            k: kwargs[k]
+            for k in ("resources", "retries", "download", "artefacts", "plugins", "callbacks", "loggers")
+            if k in kwargs
+        }
         run_searches(
             searches,
             results=results,

@@ -579,12 +579,15 @@ def test_search_resume_and_finished_search(tmp_path, ray_session):
     grid = _tuned_grid(tmp_path / "g", plugin)
     results = tmp_path / "results"
     run = ("run", str(grid), "--results", str(results), "--data-root", str(tmp_path), "--no-leaderboard")
-    code, out, err = _cli(*run)
+    code, out, err = _cli(*run, "--logger", "tensorboard")
     assert code == 0, out + err
     assert _executions(plugin) == 4  # 3 search trials + 1 final trial
     rows = _read(results)
     search, final = rows[rows.tune_role == "search"], rows[rows.tune_role == "final"]
     assert len(search) == 3 and len(final) == 1 and set(search.tuning_id) == set(final.tuning_id)
+    # The tracker sees every configuration tried, not only the final trial: one event file per trial.
+    logged = {p.parent.name.rsplit("-", 1)[1] for p in (results / "ray").glob("*/*/events.out.tfevents.*")}
+    assert logged == {t[:8] for t in rows.trial_id}, f"trials with TensorBoard events: {sorted(logged)}"
     best = search.loc[search.val_acc_mean.idxmax()]
     assert final.tune_params.iloc[0] == best.tune_params and final.tune_budget_spent.iloc[0] == 3.0
     assert set(search.seed) != {0} and final.seed.iloc[0] == 0  # tuning seed, then the block's seed
