@@ -68,9 +68,24 @@ class DataBundle:
     test: Split
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def class_indices(self) -> list[torch.Tensor]:
-        """Indices of the training samples of each class."""
-        return [torch.nonzero(self.train.y == c, as_tuple=True)[0] for c in range(self.info.num_classes)]
+    def class_indices(self, *, required_by: str | None = None) -> list[torch.Tensor]:
+        """Indices of the training samples of each class.
+
+        Args:
+            required_by: the name of a method that needs samples of every class: a class without any is
+                then a ``ConfigError`` naming the method, the class and the dataset.
+        """
+        indices = [torch.nonzero(self.train.y == c, as_tuple=True)[0] for c in range(self.info.num_classes)]
+        empty = next((c for c, members in enumerate(indices) if len(members) == 0), None)
+        if required_by is not None and empty is not None:
+            from distillbench.harness.errors import ConfigError
+
+            name = self.info.class_names[empty] if empty < len(self.info.class_names) else str(empty)
+            raise ConfigError(
+                f"method {required_by!r} needs training samples of every class, but class {empty} ({name!r}) of "
+                f"{self.info.name!r} has none; drop the class from the dataset or choose another method"
+            )
+        return indices
 
 
 @dataclasses.dataclass

@@ -458,12 +458,7 @@ def run_gradient_matching(
     num_classes = info.num_classes
     device = torch.device(ctx.device)
     gen = ctx.generator
-    members = [m.to(gen.device) for m in data.class_indices()]
-    for c, m in enumerate(members):
-        if len(m) == 0:
-            raise ConfigError(
-                f"method {method!r} needs real images of every class; class {c} of {info.name!r} has none"
-            )
+    members = [m.to(gen.device) for m in data.class_indices(required_by=method)]
     weights = check_weights(ctx.weights, len(data.train), device, method)
     x_train = data.train.x.to(device=device, dtype=torch.float32)
     outer_loop, inner_loop, schedule = resolve_loops(ipc, p.outer_loop, p.inner_loop)

@@ -280,7 +280,7 @@ def run_trajectory_matching(
 
     x_train = data.train.x.to(device=device, dtype=torch.float32)
     if options.init == "samples_predicted_correctly":
-        syn, label_logits, meta = _init_from_experts(data, ipc, buffer, student, x_train, gen, device)
+        syn, label_logits, meta = _init_from_experts(data, ipc, buffer, student, x_train, gen, device, name)
     else:
         syn, meta = init_synthetic(data, ipc, options.init, gen, name, x_train=x_train)
         # DATM with real images: labels are the first expert's final logits (its cfg's pix_init: real).
@@ -497,8 +497,9 @@ def _init_from_experts(
     x_train: torch.Tensor,
     gen: torch.Generator,
     device: torch.device,
+    method: str,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """DATM's ``samples_predicted_correctly`` initialisation.
+    """DATM's ``samples_predicted_correctly`` initialisation (``method``: the caller's name, for messages).
 
     Images: for each class, random real images that the first expert's final snapshot classifies
     correctly (a class with too few such images is filled with others, recorded). Labels: each image's
@@ -507,7 +508,7 @@ def _init_from_experts(
     """
     chosen: list[torch.Tensor] = []
     filled: dict[str, int] = {}
-    for c, members in enumerate(data.class_indices()):
+    for c, members in enumerate(data.class_indices(required_by=method)):
         order = members[torch.randperm(len(members), generator=gen, device=gen.device).cpu()]
         pred = _expert_logits(buffer, student, [0], x_train[order.to(device)])[0].argmax(1).cpu()
         right, wrong = order[pred == c], order[pred != c]

@@ -129,10 +129,7 @@ class DistributionMatching(DistillationMethod):
         num_classes = info.num_classes
         device = torch.device(ctx.device)
         gen = ctx.generator
-        members = [m.to(gen.device) for m in data.class_indices()]
-        for c, m in enumerate(members):
-            if len(m) == 0:
-                raise ConfigError(f"method 'dm' needs real images of every class; class {c} of {info.name!r} has none")
+        members = [m.to(gen.device) for m in data.class_indices(required_by=self.name)]
         weights = _check_weights(ctx.weights, len(data.train), device)
         sampler = _WeightedSampler(members, weights) if weights is not None and p.weight_mode == "sample" else None
         x_train = data.train.x.to(device=device, dtype=torch.float32)

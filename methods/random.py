@@ -69,7 +69,8 @@ def random_per_class(
     if short == "error":
         check_class_sizes(data, ipc, method)
     chosen = []
-    for members in data.class_indices():
+    # Filling a class up by repetition needs at least one sample of it.
+    for members in data.class_indices(required_by=method if short == "repeat" else None):
         # The permutation is drawn on the generator's device (it may be a CUDA generator).
         perm = torch.randperm(len(members), generator=generator, device=generator.device)[:ipc].cpu()
         picked = members[perm]

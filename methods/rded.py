@@ -288,13 +288,7 @@ class RDED(DistillationMethod):
         sources: list[int] = []
         boxes_kept: list[list[int]] = []
         short: dict[str, int] = {}
-        for c, members in enumerate(data.class_indices()):
-            if members.numel() == 0:
-                name = info.class_names[c] if c < len(info.class_names) else str(c)
-                raise ConfigError(
-                    f"method 'rded' needs real images of every class, but class {c} ({name!r}) of "
-                    f"{info.name!r} has none in the training split"
-                )
+        for c, members in enumerate(data.class_indices(required_by=self.name)):
             perm = torch.randperm(members.numel(), generator=gen, device=gen.device)[: p.mipc].cpu()
             chosen = members[perm]
             boxes = sample_boxes(chosen.numel(), p.num_crop, height, width, gen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from distillbench.harness.networks import build_network
 from distillbench.harness.plugins import DATASETS, METHODS
 from distillbench.harness.seeding import torch_generator
 from distillbench.harness.types import Context, DataBundle, DatasetInfo, DistilledSet, Split
+from distillbench.methods._synthetic import init_synthetic
 from distillbench.methods.herding import herding_order
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks on a shared machine (conftest.py)
@@ -290,6 +292,29 @@ class TestTruncation:
             "the set after 3 of 6 dm iterations differs from a 3-iteration run with the same seed: something in "
             "dm's loop depends on the total iteration count, so an iteration curve would not show shorter runs"
         )
+
+
+class TestEmptyClass:
+    """A class without training samples stops a method that needs every class, in one line that names it."""
+
+    @pytest.fixture
+    def without_class_3(self, digits: DataBundle) -> DataBundle:
+        keep = digits.train.y != 3
+        train = Split(digits.train.x[keep], digits.train.y[keep], {})
+        return dataclasses.replace(digits, train=train)
+
+    @pytest.mark.parametrize("name", ["dm", "dc", "rded", "init_synthetic"])
+    def test_the_error_names_method_class_and_dataset(self, without_class_3: DataBundle, name: str) -> None:
+        """``init_synthetic``: the real-image start of the trajectory methods (mtt, ftd, datm, tesla)."""
+        with pytest.raises(ConfigError) as info:
+            if name == "init_synthetic":
+                init_synthetic(without_class_3, 2, "real", torch_generator(0), "mtt")
+            else:
+                run(make_method(name), without_class_3, ipc=2)
+        message = str(info.value)
+        method = "mtt" if name == "init_synthetic" else name
+        assert f"method {method!r} needs training samples of every class" in message, message
+        assert "class 3 ('3') of 'digits' has none" in message, message
 
 
 class TestLongTailedInit:
