@@ -86,7 +86,9 @@ class DMParams:
         default="mean",
         metadata={
             "help": "how sample weights enter: mean = weighted mean of a uniform batch; "
-            "sample = batch drawn with probability proportional to the weight"
+            "sample = batch drawn with probability proportional to the weight",
+            # Added after trials of dm were stored: at its default it stays out of the ids (harness/params.py).
+            "since": "0.2",
         },
     )
 
