@@ -103,21 +103,32 @@ def machine(device: torch.device) -> str:
     )
 
 
-def load_mnist(root: Path) -> tuple[DataBundle, str]:
-    """MNIST from ``root`` if present, else random tensors of MNIST's shape (8000 train, 10 classes)."""
+def _load_or_shaped(
+    root: Path, spec: str, label: str, channels: int, train_per_class: int, test_per_class: int
+) -> tuple[DataBundle, str]:
+    """Dataset ``spec`` from ``root`` if MNIST is there, else random tensors of its shape (10 classes, 28x28)."""
     if (root / "MNIST" / "raw").is_dir():
-        configured = DATASETS.resolve("mnist")
+        configured = DATASETS.resolve(spec)
         dataset = configured.obj(configured.params)
         dataset.prepare(root, download=False)
-        return dataset.load(root), f"MNIST from {root}"
+        return dataset.load(root), f"{spec} from {root}"
     g = torch.Generator().manual_seed(0)
-    info = DatasetInfo("mnist-shaped", "image", 10, (1, 28, 28), tuple(map(str, range(10))))
+    info = DatasetInfo(f"{label}-shaped", "image", 10, (channels, 28, 28), tuple(map(str, range(10))))
     info = dataclasses.replace(info, dsa_strategy="color_crop_cutout_scale_rotate")
-    y = torch.arange(10).repeat_interleave(800)
-    train = Split(torch.randn(8000, 1, 28, 28, generator=g), y)
-    test = Split(torch.randn(1000, 1, 28, 28, generator=g), torch.arange(10).repeat_interleave(100))
-    empty = Split(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long))
-    return DataBundle(info=info, train=train, val=empty, test=test), "random tensors of MNIST's shape"
+
+    def split(per_class: int) -> Split:
+        y = torch.arange(10).repeat_interleave(per_class)
+        return Split(torch.randn(len(y), channels, 28, 28, generator=g), y)
+
+    empty = split(0)
+    return DataBundle(info=info, train=split(train_per_class), val=empty, test=split(test_per_class)), (
+        f"random tensors of {spec}'s shape"
+    )
+
+
+def load_mnist(root: Path) -> tuple[DataBundle, str]:
+    """MNIST from ``root`` if present, else random tensors of MNIST's shape (8000 train, 1000 test)."""
+    return _load_or_shaped(root, "mnist", "mnist", 1, 800, 100)
 
 
 def ipc_set(data: DataBundle, ipc: int) -> DistilledSet:
@@ -320,17 +331,7 @@ def bench_dm(data: DataBundle, device: torch.device, iterations: int, repeats: i
 
 def load_colored(root: Path) -> tuple[DataBundle, str]:
     """``colored_mnist[conflict=0.05]`` from ``root`` if MNIST is there, else random tensors of its shape."""
-    if (root / "MNIST" / "raw").is_dir():
-        configured = DATASETS.resolve("colored_mnist[conflict=0.05]")
-        dataset = configured.obj(configured.params)
-        dataset.prepare(root, download=False)
-        return dataset.load(root), f"colored_mnist[conflict=0.05] from {root}"
-    g = torch.Generator().manual_seed(0)
-    info = DatasetInfo("colored-mnist-shaped", "image", 10, (3, 28, 28), tuple(map(str, range(10))))
-    info = dataclasses.replace(info, dsa_strategy="color_crop_cutout_scale_rotate")
-    train = Split(torch.randn(7200, 3, 28, 28, generator=g), torch.arange(10).repeat_interleave(720))
-    empty = Split(torch.zeros(0, 3, 28, 28), torch.zeros(0, dtype=torch.long))
-    return DataBundle(info=info, train=train, val=empty, test=empty), "random tensors of colored MNIST's shape"
+    return _load_or_shaped(root, "colored_mnist[conflict=0.05]", "colored-mnist", 3, 720, 0)
 
 
 def _best_of(fn: Callable[[], object], repeats: int) -> float:
