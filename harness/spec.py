@@ -306,12 +306,11 @@ class _Resolver:
 
 
 # ------------------------------------------------------------------------------------- grid files
-@dataclasses.dataclass(frozen=True)
-class Grid:
-    """A parsed grid file: its settings and the expanded, validated trials."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GridSettings:
+    """The run settings of a grid file, declared once for the :class:`GridPlan` and the :class:`Grid` made from it."""
 
     name: str
-    trials: tuple[ResolvedTrial, ...]
     data_root: str | None = None
     download: bool = False
     # {"cpu": n, "gpu": g}, plus "per_method": {name: {"cpu": n, "gpu": g}} when the grid overrides some.
@@ -324,6 +323,17 @@ class Grid:
     artefacts: str | None = None
     # Ray Tune logger callbacks to attach (tensorboard, mlflow, wandb; see harness/progress.py LOGGERS).
     loggers: tuple[str, ...] = ()
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as keyword arguments (what a :class:`Grid` takes over from its plan)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(GridSettings)}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Grid(GridSettings):
+    """A parsed grid file: its settings and the expanded, validated trials."""
+
+    trials: tuple[ResolvedTrial, ...]
     # The searches of the tuned blocks (harness/tuning.Search); their final trials are not in ``trials``.
     searches: tuple[Any, ...] = ()
 
@@ -335,26 +345,17 @@ class Grid:
 MAX_GRID_TRIALS = 100_000
 
 
-@dataclasses.dataclass(frozen=True)
-class GridPlan:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GridPlan(GridSettings):
     """A grid file whose settings and shape are checked and whose size is counted; trials are not resolved.
 
     :meth:`trials` resolves them one at a time, so ``run --dry-run`` lists the first trials at once and
     keeps only their ids; :meth:`grid` resolves them all (what ``run`` needs before scheduling anything).
     """
 
-    name: str
     # (where, {axis: [values]}) per block, ``where`` naming the block in messages ("grid block 2").
     blocks: tuple[tuple[str, Mapping[str, list[Any]]], ...]
     combinations: int  # the sum over blocks of the product of their axis lengths, before duplicates collapse
-    data_root: str | None = None
-    download: bool = False
-    resources: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"cpu": 1, "gpu": 0})
-    retries: int = 0
-    path: str | None = None
-    plugins: tuple[str, ...] = ()
-    artefacts: str | None = None
-    loggers: tuple[str, ...] = ()
     label: str | None = None  # prefixed to errors found while resolving (the grid file's path)
     # Per block, its parsed tune: section (harness/tuning.TuneSettings) or None; empty when no block is tuned.
     # A tuned block yields no trials of its own: its searches (searches()) decide its final trials.
@@ -416,19 +417,7 @@ class GridPlan:
 
     def grid(self) -> Grid:
         """Resolve every trial (see :meth:`trials`) into a :class:`Grid`."""
-        return Grid(
-            name=self.name,
-            trials=tuple(self.trials()),
-            data_root=self.data_root,
-            download=self.download,
-            resources=self.resources,
-            retries=self.retries,
-            path=self.path,
-            plugins=self.plugins,
-            artefacts=self.artefacts,
-            loggers=self.loggers,
-            searches=tuple(self.searches()),
-        )
+        return Grid(trials=tuple(self.trials()), searches=tuple(self.searches()), **self.settings())
 
 
 def load_grid_file(path: str | Path) -> Grid:
