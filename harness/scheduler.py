@@ -936,15 +936,54 @@ def _search_algorithm(search: Any, state: Any, metric: str) -> Any:
         return algorithm
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    # HyperOptSearch takes no finished results: after a resume it starts from its random phase again, on a
-    # fresh seed (the same one would draw the first suggestions again).
-    return HyperOptSearch(
+    algorithm = HyperOptSearch(
         space=HyperOptSearch.convert_search_space(domains),
         metric=metric,
         mode="max",
         n_initial_points=startup,
         random_state_seed=derive_seed("hyperopt", settings.seed, search.tuning_id, done),
     )
+    # HyperOptSearch has no add_evaluated_point: its history (a hyperopt Trials) is rebuilt from the rows and
+    # handed over through get_state/set_state, so a resumed search's TPE knows what it already tried.
+    history = _hyperopt_history(search.space, state.trials)
+    if history is not None:
+        algorithm.set_state({**algorithm.get_state(), "hyperopt_trials": history})
+    return algorithm
+
+
+def _hyperopt_history(space: Sequence[tuple[str, Any]], trials: Sequence[Any]) -> Any:
+    """A hyperopt ``Trials`` holding the finished (ok) search trials with their losses; None without any.
+
+    HyperOpt records a choice by its index and any other draw by its value. Stopped, diverged and failed
+    trials are left out: HyperOpt's TPE learns from results only.
+    """
+    from hyperopt import JOB_STATE_DONE, STATUS_OK
+    from hyperopt.fmin import generate_trials_to_calculate
+
+    points, losses = [], []
+    for trial in trials:
+        if trial.status != "ok" or trial.objective is None or any(name not in trial.params for name, _ in space):
+            continue
+        point = {}
+        for name, dist in space:
+            value = trial.params[name]
+            if dist.kind == "choice":
+                if value not in dist.args:
+                    break
+                value = list(dist.args).index(value)
+            point[name] = value
+        else:
+            points.append(point)
+            losses.append(-float(trial.objective))  # the objective is maximised, HyperOpt minimises
+    if not points:
+        return None
+    history = generate_trials_to_calculate(points)
+    history.refresh()  # its trials list is filled by a refresh; the docs are the stored ones
+    for doc, loss in zip(history.trials, losses, strict=True):
+        doc["state"] = JOB_STATE_DONE
+        doc["result"] = {"loss": loss, "status": STATUS_OK}
+    history.refresh()
+    return history
 
 
 class _SearchDriver(Searcher):

@@ -255,6 +255,35 @@ class TestBudgetAccounting:
         assert not _state(search, ("ok", 0.5, 1.0)).finished
 
 
+def test_hyperopt_resumes_with_its_finished_trials(tmp_path):
+    """A resumed hyperopt search is handed its finished trials (ok ones, with their objectives) and keeps
+    suggesting inside the space: a choice, an integer and a log-scale rate."""
+    from distillbench.harness import scheduler
+    from distillbench.harness.spec import open_grid_file
+
+    space = {"dm": {"lr_img": "loguniform(0.1, 100)", "batch_real": "randint(2, 8)", "init": ["real", "noise"]}}
+    tune = {**TUNE, "search": "hyperopt", "budget": {"trials": 9}, "space": space}
+    block = {**BLOCK, "method": ["dm[iterations=4,net=convnet[width=8]]"]}
+    search = open_grid_file(_grid(tmp_path, tune, block)).searches()[0]
+    drawn = [(0.5, 3, "real", "ok", 0.31), (20.0, 8, "noise", "ok", 0.12), (2.0, 5, "real", "stopped", None)]
+    drawn += [(4.0, 2, "noise", "error", None), (9.0, 6, "real", "ok", 0.40)]
+    state = SearchState(
+        search,
+        tuple(
+            SearchTrial(i, f"t{i}", {"lr_img": lr, "batch_real": b, "init": init}, status, objective, 1.0)
+            for i, (lr, b, init, status, objective) in enumerate(drawn)
+        ),
+    )
+    algorithm = scheduler._search_algorithm(search, state, "val_acc_mean")
+    history = algorithm.get_state()["hyperopt_trials"]
+    assert sorted(history.losses()) == [-0.40, -0.31, -0.12], "the finished trials were not handed to hyperopt"
+    assert [t["misc"]["vals"]["init"] for t in history.trials] == [[0], [1], [0]]  # a choice by its index
+    for n in range(4):
+        config = algorithm.suggest(f"next{n}")
+        assert 0.1 <= config["lr_img"] <= 100 and 2 <= config["batch_real"] <= 8, config
+        assert config["init"] in ("real", "noise"), config
+
+
 def state_trials(*trials):
     return trials
 
