@@ -30,6 +30,7 @@ from distillbench.leaderboard.tables import (
     BIAS_METRICS,
     LONGTAIL_METRICS,
     PROVENANCE_COLUMNS,
+    Board,
     CostRow,
     Provenance,
     Table,
@@ -204,22 +205,25 @@ def build_leaderboard(
     cost = build_cost(ok_rows)
     provenance = build_provenance(selected)
     filters = {k: v for k, v in (("grid", grid), ("dataset", dataset), ("protocol", protocol)) if v}
-    summary = {
-        "failures": failures,
-        "n_rows": n_rows,
-        "n_ok": len(ok_rows),
-        "skipped_files": [Path(p).name for p, _ in skipped],
-        "filters": filters,
-        "tuning": tuning,
-    }
-    markdown = render_markdown(tables, cost=cost, provenance=provenance, **summary)
+    board = Board(
+        tables=tables,
+        failures=failures,
+        n_rows=n_rows,
+        n_ok=len(ok_rows),
+        skipped_files=[Path(p).name for p, _ in skipped],
+        filters=filters,
+        cost=cost,
+        provenance=provenance,
+        tuning=tuning,
+    )
+    markdown = render_markdown(board)
     _check_out_dir(out_dir)
     markdown_path = out_dir / MARKDOWN_NAME
     csv_path = out_dir / CSV_NAME
     html_path = out_dir / HTML_NAME
     _atomic_write_text(markdown_path, markdown)
     _atomic_write_text(csv_path, render_csv(tables))
-    html = render_html(tables, cost=cost, provenance=provenance, generated_at=generated_at, **summary)
+    html = render_html(board, generated_at=generated_at)
     _atomic_write_text(html_path, html)
     return LeaderboardResult(
         markdown_path=markdown_path,

@@ -22,7 +22,7 @@ import datetime
 import html
 import math
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from distillbench.leaderboard.markdown import INTRO, TUNING_INTRO, format_bytes, format_hours
@@ -32,6 +32,7 @@ from distillbench.leaderboard.tables import (
     LONGTAIL_METRICS,
     MARK,
     MISSING,
+    Board,
     CostRow,
     Provenance,
     Table,
@@ -149,36 +150,10 @@ _JS = """
 """
 
 
-def render_html(
-    tables: Sequence[Table],
-    *,
-    failures: Sequence[Mapping[str, Any]] = (),
-    n_rows: int = 0,
-    n_ok: int = 0,
-    skipped_files: Sequence[str] = (),
-    filters: Mapping[str, str] | None = None,
-    cost: Sequence[CostRow] = (),
-    provenance: Provenance | None = None,
-    generated_at: str | None = None,
-    tuning: Sequence[TuningRow] = (),
-) -> str:
-    """The leaderboard as one self-contained HTML page.
-
-    Args:
-        tables: tables from :func:`~distillbench.leaderboard.tables.build_tables`.
-        failures: failure dicts as in :class:`~distillbench.leaderboard.build.LeaderboardResult`.
-        n_rows: rows read.
-        n_ok: rows in the tables.
-        skipped_files: names of skipped unreadable files.
-        filters: filters applied when building.
-        cost: cost rows.
-        provenance: versions and protocols found in the rows.
-        generated_at: generation time to show (default: now, UTC).
-        tuning: the searches of tuned blocks (:func:`~distillbench.leaderboard.tables.build_tuning`).
-
-    Returns:
-        The HTML document.
-    """
+def render_html(board: Board, *, generated_at: str | None = None) -> str:
+    """The leaderboard as one self-contained HTML page; ``generated_at`` is the time shown (default: now, UTC)."""
+    tables, failures, filters, skipped_files = board.tables, board.failures, board.filters, board.skipped_files
+    n_rows, n_ok, cost, provenance, tuning = board.n_rows, board.n_ok, board.cost, board.provenance, board.tuning
     generated_at = generated_at or datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     datasets = sorted({t.dataset for t in tables} | {c.dataset for c in cost})
     protocols = sorted({t.protocol_id for t in tables} | {c.protocol_id for c in cost})

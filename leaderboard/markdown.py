@@ -49,6 +49,7 @@ from distillbench.leaderboard.tables import (
     LONGTAIL_METRICS,
     MARK,
     MISSING,
+    Board,
     CostRow,
     Provenance,
     Table,
@@ -90,34 +91,14 @@ CSV_COLUMNS = (
 
 
 # ------------------------------------------------------------------------------------- rendering
-def render_markdown(
-    tables: Sequence[Table],
-    *,
-    failures: Sequence[Mapping[str, Any]] = (),
-    n_rows: int = 0,
-    n_ok: int = 0,
-    skipped_files: Sequence[str] = (),
-    filters: Mapping[str, str] | None = None,
-    cost: Sequence[CostRow] = (),
-    provenance: Provenance | None = None,
-    tuning: Sequence[TuningRow] = (),
-) -> str:
+def render_markdown(board: Board) -> str:
     """The leaderboard as Markdown (deterministic; no timestamps, nothing about the generating machine).
-
-    Args:
-        tables: tables from :func:`build_tables`.
-        failures: failure dicts as in :class:`LeaderboardResult`, already sorted.
-        n_rows: rows read, for the summary line.
-        n_ok: rows in the tables, for the summary line.
-        skipped_files: names of skipped unreadable files.
-        filters: filters applied, shown in the summary.
-        cost: rows of the cost table, from :func:`build_cost`.
-        provenance: versions and protocols of the rows, from :func:`build_provenance`.
-        tuning: the searches of tuned blocks, from :func:`build_tuning`.
 
     Returns:
         The Markdown text, ending with a newline.
     """
+    tables, failures, filters, skipped_files = board.tables, board.failures, board.filters, board.skipped_files
+    n_rows, n_ok, cost, provenance, tuning = board.n_rows, board.n_ok, board.cost, board.provenance, board.tuning
     lines = [
         "# Leaderboard",
         "",

@@ -628,3 +628,30 @@ def unequal_budgets(tuning: Sequence[TuningRow]) -> list[str]:
             shown = ", ".join(f"{label}: {budget}" for label, budget in sorted(by_label.items()))
             lines.append(f"{dataset}, {protocol_id}: tuned with unequal budgets ({shown})")
     return lines
+
+
+# ------------------------------------------------------------------------------------- the page
+@dataclasses.dataclass(frozen=True)
+class Board:
+    """What a leaderboard page shows, built once from the rows and rendered as Markdown and as HTML.
+
+    Attributes:
+        tables: from :func:`build_tables`.
+        failures: failure dicts as in :class:`~distillbench.leaderboard.build.LeaderboardResult`, sorted.
+        n_rows: rows read; n_ok: rows in the tables (the summary line).
+        skipped_files: names of skipped unreadable or foreign files.
+        filters: the filters applied when building, shown in the summary.
+        cost: rows of the cost table, from :func:`build_cost`.
+        provenance: versions and protocols of the rows, from :func:`build_provenance`.
+        tuning: the searches of tuned blocks, from :func:`build_tuning`.
+    """
+
+    tables: Sequence[Table]
+    failures: Sequence[Mapping[str, Any]] = ()
+    n_rows: int = 0
+    n_ok: int = 0
+    skipped_files: Sequence[str] = ()
+    filters: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    cost: Sequence[CostRow] = ()
+    provenance: Provenance | None = None
+    tuning: Sequence[TuningRow] = ()
