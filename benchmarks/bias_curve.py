@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
 
     saver = Checkpointer(Path(args.checkpoint), every_s=args.checkpoint_s) if args.checkpoint else None
     try:
+        if saver is not None:
+            saver.check_writable()
         result = run_curve(
             args.dataset,
             args.data_root,

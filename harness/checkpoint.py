@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from distillbench.harness import store
+from distillbench.harness.errors import DistillBenchError
 
 DEFAULT_EVERY_S = 600.0
 
@@ -106,6 +107,22 @@ class Checkpointer(NoCheckpoint):
     def clear(self) -> None:
         """Delete the checkpoint (the set is saved: nothing is left to resume)."""
         self.target.delete()
+
+    def check_writable(self) -> None:
+        """Fail now, in one line, where the checkpoint cannot be written (not at the first save, after minutes).
+
+        Raises:
+            DistillBenchError: the file (or its folder) cannot be created; the message names the path.
+        """
+        if self.target.is_file():
+            return  # a checkpoint to resume from: it was written there before
+        try:
+            self.target.write_bytes(b"")
+            self.target.delete()
+        except OSError as exc:
+            raise DistillBenchError(
+                f"cannot write the checkpoint {self.target}: {exc.strerror or exc}; choose a writable location"
+            ) from None
 
 
 def _capture(obj: Any) -> Any:

@@ -102,3 +102,12 @@ def test_bias_curve_continues_an_interrupted_run(
 
     assert columns(resumed) == columns(whole), "the resumed curve differs from the uninterrupted one"
     assert not ckpt.exists(), "the checkpoint of a finished curve was not deleted"
+
+
+def test_bias_curve_refuses_an_unwritable_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint that cannot be written is one line and exit 2 before any work, not a traceback later."""
+    (tmp_path / "file").write_text("")
+    argv = ["--dataset", "digits", "--data-root", str(tmp_path), "--weighting", "none", "--at", "0,2"]
+    assert script("bias_curve").main([*argv, "--checkpoint", str(tmp_path / "file" / "curve.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bias_curve: cannot write the checkpoint") and err.count("\n") == 1, err
