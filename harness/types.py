@@ -41,6 +41,10 @@ class DatasetInfo:
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     zca: bool = False
 
+    def class_name(self, c: int) -> str:
+        """The name of class ``c``, or its number where the dataset names fewer classes (for messages)."""
+        return self.class_names[c] if c < len(self.class_names) else str(c)
+
 
 @dataclasses.dataclass
 class Split:
@@ -76,15 +80,16 @@ class DataBundle:
                 then a ``ConfigError`` naming the method, the class and the dataset.
         """
         indices = [torch.nonzero(self.train.y == c, as_tuple=True)[0] for c in range(self.info.num_classes)]
-        empty = next((c for c, members in enumerate(indices) if len(members) == 0), None)
-        if required_by is not None and empty is not None:
-            from distillbench.harness.errors import ConfigError
+        if required_by is not None:
+            empty = next((c for c, members in enumerate(indices) if len(members) == 0), None)
+            if empty is not None:
+                from distillbench.harness.errors import ConfigError
 
-            name = self.info.class_names[empty] if empty < len(self.info.class_names) else str(empty)
-            raise ConfigError(
-                f"method {required_by!r} needs training samples of every class, but class {empty} ({name!r}) of "
-                f"{self.info.name!r} has none; drop the class from the dataset or choose another method"
-            )
+                raise ConfigError(
+                    f"method {required_by!r} needs training samples of every class, but class {empty} "
+                    f"({self.info.class_name(empty)!r}) of {self.info.name!r} has none; drop the class from the "
+                    "dataset or choose another method"
+                )
         return indices
 
 

@@ -32,10 +32,10 @@ def check_class_sizes(data: DataBundle, ipc: int, method: str) -> None:
     """
     for c, count in enumerate(data.train.class_counts(data.info.num_classes)):
         if count < ipc:
-            name = data.info.class_names[c] if c < len(data.info.class_names) else str(c)
             raise ConfigError(
-                f"method {method!r} selects {ipc} real samples per class, but class {c} ({name!r}) of "
-                f"{data.info.name!r} has only {count} training samples; use ipc <= {count}"
+                f"method {method!r} selects {ipc} real samples per class, but class {c} "
+                f"({data.info.class_name(c)!r}) of {data.info.name!r} has only {count} training samples; "
+                f"use ipc <= {count}"
             )
 
 
