@@ -926,12 +926,12 @@ def _search_algorithm(search: Any, state: Any, metric: str) -> Any:
         algorithm = OptunaSearch(
             space=OptunaSearch.convert_search_space(domains), metric=metric, mode="max", sampler=sampler
         )
-        # The study is rebuilt from the rows: results as completed trials, early-stopped and diverged ones as
-        # pruned (they used budget and say something about the space); errors taught nothing.
+        # The study is rebuilt from the rows by the rule live trials are told by (_outcome).
         for trial in state.trials:
-            if trial.status == "ok" and trial.objective is not None:
+            outcome = _outcome(trial.status, trial.objective)
+            if outcome == "result":
                 algorithm.add_evaluated_point(trial.params, trial.objective)
-            elif trial.status in ("stopped", "diverged"):
+            elif outcome == "unfinished":
                 algorithm.add_evaluated_point(trial.params, None, pruned=True)
         return algorithm
     from ray.tune.search.hyperopt import HyperOptSearch
@@ -951,18 +951,45 @@ def _search_algorithm(search: Any, state: Any, metric: str) -> Any:
     return algorithm
 
 
-def _hyperopt_history(space: Sequence[tuple[str, Any]], trials: Sequence[Any]) -> Any:
-    """A hyperopt ``Trials`` holding the finished (ok) search trials with their losses; None without any.
+def _outcome(status: str | None, objective: Any) -> str:
+    """How a finished search trial is told to the search algorithm: one rule for live and resumed searches.
 
-    HyperOpt records a choice by its index and any other draw by its value. Stopped, diverged and failed
-    trials are left out: HyperOpt's TPE learns from results only.
+    ``result``: an ok trial with a finite objective. ``unfinished``: a trial that used budget without a final
+    objective (stopped by ASHA, diverged, or ok without the objective); Optuna records it as pruned, and
+    HyperOpt, whose TPE learns from results only, as failed. ``failed``: an error, which taught nothing.
+    """
+    if status == "error":
+        return "failed"
+    finite = isinstance(objective, int | float) and not isinstance(objective, bool) and math.isfinite(objective)
+    return "result" if status == "ok" and finite else "unfinished"
+
+
+def _tell(algorithm: Any, search: str, inner_id: str, outcome: str, metric: str, objective: Any) -> None:
+    """Report a live trial's ``_outcome`` to the ``search`` algorithm in the form its library understands.
+
+    Tune hands a stopped trial's last (probe) result, and a diverged one's result without the objective;
+    HyperOptSearch raises on a result without its metric, so only a result ever carries one.
+    """
+    if outcome == "result":
+        algorithm.on_trial_complete(inner_id, result={metric: float(objective)})
+    elif outcome == "unfinished" and search != "hyperopt":
+        algorithm.on_trial_complete(inner_id, result=None, error=False)  # Optuna: pruned
+    else:
+        algorithm.on_trial_complete(inner_id, result=None, error=True)
+
+
+def _hyperopt_history(space: Sequence[tuple[str, Any]], trials: Sequence[Any]) -> Any:
+    """A hyperopt ``Trials`` of the search trials whose ``_outcome`` is a result; None without any.
+
+    HyperOpt records a choice by its index and any other draw by its value. Unfinished and failed trials are
+    left out: HyperOpt's TPE learns from results only (a live one is recorded as failed, which TPE ignores).
     """
     from hyperopt import JOB_STATE_DONE, STATUS_OK
     from hyperopt.fmin import generate_trials_to_calculate
 
     points, losses = [], []
     for trial in trials:
-        if trial.status != "ok" or trial.objective is None or any(name not in trial.params for name, _ in space):
+        if _outcome(trial.status, trial.objective) != "result" or any(name not in trial.params for name, _ in space):
             continue
         point = {}
         for name, dist in space:
@@ -1094,8 +1121,9 @@ class _SearchDriver(Searcher):
             self.spent += 1.0 if self.search.budget.trials is not None else (time.time() - started) / 3600.0
         else:
             self.errors += 1
-        failed = error or status == "error"
-        self.inner.on_trial_complete(info["inner"], result=None if failed else result, error=failed)
+        objective = (result or {}).get(self.metric)
+        outcome = "failed" if error else _outcome(status, objective)
+        _tell(self.inner, self.search.settings.search, info["inner"], outcome, self.metric, objective)
 
 
 class _RecordingASHA(AsyncHyperBandScheduler):

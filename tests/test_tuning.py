@@ -284,6 +284,39 @@ def test_hyperopt_resumes_with_its_finished_trials(tmp_path):
         assert config["init"] in ("real", "noise"), config
 
 
+@pytest.mark.parametrize("search", ["optuna", "hyperopt"])
+def test_unfinished_and_failed_trials_are_told_without_a_result(tmp_path, search):
+    """A trial ASHA stopped or that diverged reaches the search algorithm without an objective (Tune hands
+    over its last probe result). Optuna records it as pruned, HyperOpt as failed; neither raises, and a result
+    is still recorded with its objective. Before, HyperOptSearch raised on the missing metric."""
+    from distillbench.harness import scheduler
+    from distillbench.harness.spec import open_grid_file
+
+    search_ = open_grid_file(_grid(tmp_path, {**TUNE, "search": search, "budget": {"trials": 6}})).searches()[0]
+    algorithm = scheduler._search_algorithm(search_, SearchState(search_, ()), "val_acc_mean")
+    told = {
+        "stopped": ("stopped", {"distill/probe_val_acc": 0.3}),
+        "diverged": ("diverged", {"status": "diverged"}),
+        "error": ("error", {"status": "error"}),
+        "ok": ("ok", {"status": "ok", "val_acc_mean": 0.42}),
+    }
+    for name, (status, result) in told.items():
+        algorithm.suggest(name)
+        outcome = scheduler._outcome(status, result.get("val_acc_mean"))
+        scheduler._tell(algorithm, search, name, outcome, "val_acc_mean", result.get("val_acc_mean"))
+    if search == "optuna":
+        states = [t.state.name for t in algorithm._ot_study.trials]
+        assert states == ["PRUNED", "PRUNED", "FAIL", "COMPLETE"], states
+        assert algorithm._ot_study.trials[-1].value == 0.42
+    else:
+        from hyperopt import JOB_STATE_DONE, JOB_STATE_ERROR
+
+        history = algorithm._hpopt_trials  # .trials leaves out the failed ones, TPE's view
+        states = [t["state"] for t in history._dynamic_trials]
+        assert states == [JOB_STATE_ERROR] * 3 + [JOB_STATE_DONE], states
+        assert history.losses() == [-0.42]
+
+
 def state_trials(*trials):
     return trials
 
@@ -698,9 +731,10 @@ def test_time_budget_counts_trial_hours(tmp_path, ray_session):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_asha_stops_trials_and_they_count(tmp_path, ray_session):
+@pytest.mark.parametrize("search", ["random", "optuna", "hyperopt"])
+def test_asha_stops_trials_and_they_count(tmp_path, ray_session, search):
     """Under ASHA with probes, some search trials are stopped early; each has a 'stopped' row and counts."""
-    grid = _tuned_grid(tmp_path / "g", tmp_path / "tuning_plugin.py", budget=6, scheduler="asha")
+    grid = _tuned_grid(tmp_path / "g", tmp_path / "tuning_plugin.py", budget=6, scheduler="asha", search=search)
     results = tmp_path / "results"
     code, out, err = _cli("run", str(grid), "--results", str(results), "--data-root", str(tmp_path), "--no-leaderboard")
     assert code == 0, out + err
