@@ -11,13 +11,14 @@ import sys
 import textwrap
 import tomllib
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
 import distillbench as db
-from distillbench.harness import store
+from distillbench.harness import errors, store
 from distillbench.harness.cli import main
 from distillbench.harness.errors import ConfigError, DataError, DistillBenchError, UnknownNameError
 
@@ -67,6 +68,35 @@ class TestPackage:
         used = set(re.findall(r"\bdb\.(\w+)", section))
         assert used and used <= set(db.__all__), used - set(db.__all__)
 
+    def test_one_list_of_exports(self):
+        """The package exports exactly the API module's __all__ and every DistillBenchError class, and the
+        static imports type checkers read (under TYPE_CHECKING) name the same: a function added to the API
+        module, or an error class added, cannot be left out of ``import distillbench``."""
+        import ast
+        import inspect
+
+        import distillbench
+        from distillbench.harness import api
+
+        error_classes = {
+            name
+            for name, value in vars(errors).items()
+            if inspect.isclass(value) and issubclass(value, errors.DistillBenchError)
+        }
+        exports = distillbench._EXPORTS
+        assert {n for n, m in exports.items() if m == distillbench._API} == set(api.__all__), "api.__all__ differs"
+        assert {n for n, m in exports.items() if m == distillbench._ERRORS} == error_classes, "errors differ"
+        source = ast.parse(Path(distillbench.__file__).read_text())
+        static = {
+            alias.name
+            for node in ast.walk(source)
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+            for child in node.body
+            if isinstance(child, ast.ImportFrom)
+            for alias in child.names
+        }
+        assert static == set(exports), f"TYPE_CHECKING imports differ from _EXPORTS: {static ^ set(exports)}"
+
     def test_exports(self):
         """Every name in __all__ resolves; unknown names raise AttributeError; subpackages load on access."""
         import distillbench
@@ -76,6 +106,7 @@ class TestPackage:
             assert getattr(db, name) is not None
             assert name in dir(db)
         assert db.UnknownNameError is UnknownNameError and issubclass(db.ConfigError, db.DistillBenchError)
+        assert db.DuplicateNameError is errors.DuplicateNameError
         assert db.harness.store is store
         with pytest.raises(AttributeError, match="has no attribute 'distil'"):
             db.distil  # noqa: B018

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         ConfigError,
         DataError,
         DistillBenchError,
+        DuplicateNameError,
         IncompatibleError,
         UnknownNameError,
     )
@@ -64,6 +65,7 @@ _EXPORTS = {
     "DistillBenchError": _ERRORS,
     "ConfigError": _ERRORS,
     "UnknownNameError": _ERRORS,
+    "DuplicateNameError": _ERRORS,
     "IncompatibleError": _ERRORS,
     "DataError": _ERRORS,
 }
@@ -73,6 +75,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DistillBenchError",
+    "DuplicateNameError",
     "IncompatibleError",
     "RunResult",
     "UnknownNameError",
