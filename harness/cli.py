@@ -68,6 +68,26 @@ def _declared(args: argparse.Namespace) -> Any:
     return declared if declared.anything or args.skip_value_check else None
 
 
+# What harness.runner.default_data_root resolves (cli does not import it: --help stays free of torch).
+DATA_ROOT_DEFAULT = "$DISTILLBENCH_DATA or ~/.cache/distillbench"
+
+
+def _data_root_option(parser: argparse.ArgumentParser, *, prefix: str = "", default: str = "") -> None:
+    """``--data-root``, declared once so every command states the same default."""
+    default = default or DATA_ROOT_DEFAULT
+    parser.add_argument("--data-root", help=f"{prefix}dataset root (default: {default})")
+
+
+def _protocol_option(parser: argparse.ArgumentParser) -> None:
+    """``--protocol`` of one trial (distill, evaluate).
+
+    None = not given: the default (convnet-v1) then comes with a cost warning on a CPU (harness/cpu_defaults.py).
+    """
+    parser.add_argument(
+        "--protocol", help="evaluation protocol (default convnet-v1; without a GPU a warning says how long it takes)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="distillbench",
@@ -116,9 +136,7 @@ examples:
         help="folder or URI for cached artefacts shared by grids: expert buffers, teachers (default: grid "
         "artefacts, else the results directory)",
     )
-    run.add_argument(
-        "--data-root", help="dataset root (default: grid data_root, $DISTILLBENCH_DATA, ~/.cache/distillbench)"
-    )
+    _data_root_option(run, default=f"the grid's data_root, else {DATA_ROOT_DEFAULT}")
     run.add_argument(
         "--address", help="join a running Ray cluster ('auto' or host:port; default: $RAY_ADDRESS or local)"
     )
@@ -154,14 +172,10 @@ examples:
     distill.add_argument("dataset", help="dataset spec, e.g. digits")
     distill.add_argument("--ipc", type=int, required=True, help="samples per class")
     distill.add_argument("--seed", type=int, default=0, help="distillation seed (default 0)")
-    # None = not given: the default (convnet-v1) then comes with a cost warning on a CPU (harness/cpu_defaults.py).
-    distill.add_argument(
-        "--protocol",
-        help="evaluation protocol (default convnet-v1; without a GPU a warning says how long it takes)",
-    )
+    _protocol_option(distill)
     distill.add_argument("--weighting", default="none", help="sample weighting (default none)")
     distill.add_argument("--labels", default="native", help="label stage (default native)")
-    distill.add_argument("--data-root", help="dataset root")
+    _data_root_option(distill)
     distill.add_argument("--out", help="save the distilled set here (.safetensors, with .json metadata beside it)")
     distill.add_argument("--json", action="store_true", help="print the result row as one JSON object on stdout")
 
@@ -174,13 +188,9 @@ examples:
         "set_file", help="a .safetensors file written by distill --out or by a run, or another format's set (--format)"
     )
     _format_arguments(evaluate, default="distillbench")
-    # None = not given: the default (convnet-v1) then comes with a cost warning on a CPU (harness/cpu_defaults.py).
-    evaluate.add_argument(
-        "--protocol",
-        help="evaluation protocol (default convnet-v1; without a GPU a warning says how long it takes)",
-    )
+    _protocol_option(evaluate)
     evaluate.add_argument("--seed", type=int, help="evaluation seed (default: the set's distillation seed)")
-    evaluate.add_argument("--data-root", help="dataset root")
+    _data_root_option(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
 
     board = command(
@@ -205,7 +215,7 @@ examples:
     )
     data.add_argument("action", choices=["fetch"], help="fetch: download (if missing) and verify")
     data.add_argument("dataset", help="dataset name, e.g. mnist or cifar10")
-    data.add_argument("--data-root", help="dataset root (default: $DISTILLBENCH_DATA or ~/.cache/distillbench)")
+    _data_root_option(data)
     status = command(
         "status",
         "Show done / pending / failed trials per grid of a results directory, with an error summary.",
@@ -227,7 +237,7 @@ examples:
         "distillbench show results/text/sets/0123abcd.safetensors --data-root ../shared/data",
     )
     show.add_argument("set_file", help="a .safetensors file of a text dataset, written by distill --out or by a run")
-    show.add_argument("--data-root", help="dataset root")
+    _data_root_option(show)
     buffers = command(
         "buffers",
         "List cached expert trajectories (trajectory matching), or build one ahead of a grid.",
@@ -241,7 +251,7 @@ examples:
     )
     buffers.add_argument("--dataset", help="build: dataset spec, e.g. cifar10 or 'cifar10[zca=true]'")
     buffers.add_argument("--method", help="build: a trajectory-matching method spec, e.g. mtt or 'ftd[num_experts=20]'")
-    buffers.add_argument("--data-root", help="build: dataset root")
+    _data_root_option(buffers, prefix="build: ")
     buffers.add_argument("--device", help="build: where experts train (default: the first CUDA device, else cpu)")
     imported = command(
         "import",
@@ -251,7 +261,7 @@ examples:
     imported.add_argument("set_file", metavar="PATH", help="the artefact: a file or folder (docs/formats.md)")
     _format_arguments(imported, default="auto")
     imported.add_argument("--out", required=True, help="the distillbench set to write (.safetensors + .json)")
-    imported.add_argument("--data-root", help="dataset root")
+    _data_root_option(imported)
     export = command(
         "export",
         "Write a set as a Hugging Face dataset folder: Parquet data, the set itself, and a dataset card.",
@@ -260,7 +270,7 @@ examples:
     export.add_argument("set_file", help="a .safetensors set (written by distill --out, a run or import)")
     export.add_argument("--out", required=True, help="the folder to write (new or empty)")
     export.add_argument("--results", help="results directory whose rows of the set go into the card (default: its own)")
-    export.add_argument("--data-root", help="dataset root (for statistics computed from the data, e.g. digits)")
+    _data_root_option(export, prefix="for statistics computed from the data, e.g. digits: ")
     push = command(
         "push",
         "Upload a set (or a folder written by export) to the Hugging Face Hub as a dataset repository.",
@@ -271,7 +281,7 @@ examples:
     push.add_argument("--private", action="store_true", help="create the repository private (if it is new)")
     push.add_argument("--token", help="hub token (default: $HF_TOKEN or the saved 'hf auth login')")
     push.add_argument("--results", help="results directory whose rows of this set go into the card")
-    push.add_argument("--data-root", help="dataset root")
+    _data_root_option(push)
     return parser
 
 

@@ -207,6 +207,21 @@ class TestCommands:
             )
             assert proc.returncode == 0 and "example:\n  distillbench " + command in proc.stdout, command
 
+    def test_data_root_help_states_its_default(self):
+        """Every command that takes --data-root says where data is looked for when it is not given."""
+        from distillbench.harness.cli import build_parser
+
+        commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+        taking = {
+            name: action.help
+            for name, sub in commands.items()
+            for action in sub._actions
+            if "--data-root" in action.option_strings
+        }
+        assert len(taking) >= 9, sorted(taking)
+        missing = [name for name, text in taking.items() if "$DISTILLBENCH_DATA or ~/.cache/distillbench" not in text]
+        assert not missing, f"--data-root without its default in: {missing}"
+
     def test_distill_json_then_evaluate(self, tmp_path, capsys, tiny_protocol):
         """distill --json prints one JSON row; the saved set can be evaluated again."""
         out_file = tmp_path / "set.safetensors"
