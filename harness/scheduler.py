@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import inspect
 import ipaddress
 import logging
 import math
@@ -1474,11 +1475,10 @@ def run_tuned_grid(
     """
     tuned = TuningOutcome()
     try:
-        shared = {
-            k: kwargs[k]
-            for k in ("resources", "retries", "download", "artefacts", "plugins", "callbacks", "loggers")
-            if k in kwargs
-        }
+        # Every run_grid argument the searches also take reaches them (a hand-kept list once dropped the
+        # loggers); tests/test_scheduler.py holds the two signatures to the same arguments.
+        searched = inspect.signature(run_searches).parameters
+        shared = {k: v for k, v in kwargs.items() if k in searched}
         run_searches(
             searches,
             results=results,

@@ -225,3 +225,22 @@ def test_cli_run_end_to_end(grid_file, tmp_path):
 
     proc = subprocess.run([*command, "--dry-run"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and "4 trials, 2 to run, 2 done" in proc.stdout, proc.stdout
+
+
+def test_run_searches_takes_every_run_grid_argument_a_tuned_grid_shares():
+    """run_tuned_grid hands run_searches each run_grid argument it also takes: the two signatures differ only
+    by the arguments that belong to one of them, so a new run option cannot silently skip the searches."""
+    import inspect
+
+    from distillbench.harness.scheduler import run_grid, run_searches
+
+    grid_only = {"trials", "row_columns"}  # the final trials' tuning columns come from the searches
+    searches_only = {"searches", "outcome"}
+    grid = inspect.signature(run_grid).parameters
+    searches = inspect.signature(run_searches).parameters
+    assert set(grid) - grid_only == set(searches) - searches_only, (
+        f"run_grid only: {sorted(set(grid) - set(searches) - grid_only)}; "
+        f"run_searches only: {sorted(set(searches) - set(grid) - searches_only)}"
+    )
+    for name in set(grid) & set(searches):
+        assert grid[name].default == searches[name].default, f"{name}: the two defaults differ"
