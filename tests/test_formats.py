@@ -15,6 +15,8 @@ import http.server
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -483,24 +485,27 @@ def test_mismatches_are_one_line_errors_naming_both_sides(tmp_path, capsys, real
 # ------------------------------------------------------------------------------------ export, push
 @pytest.fixture(scope="module")
 def hf_datasets():
-    """Hugging Face's ``datasets`` (in the test extra). From the repository root, ``import datasets`` would find
-    distillbench's own datasets/ folder, so the root is left off sys.path while it is imported."""
-    import importlib
-    import sys
+    """Hugging Face's ``datasets`` (in the test extra), imported as a user would, from the repository root."""
+    return pytest.importorskip("datasets", reason="datasets (Hugging Face) is in the test extra")
 
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_import_datasets_in_a_checkout_is_hugging_face(installed):
+    """From the repository root, ``import datasets`` gives Hugging Face's package, not our datasets/ folder
+    (which Python would find first on sys.path); without it installed, the usual ModuleNotFoundError."""
     from .conftest import REPO
 
-    local = sys.modules.get("datasets")
-    if local is not None and "site-packages" not in str(getattr(local, "__file__", "")):
-        del sys.modules["datasets"]
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != REPO]
-    try:
-        return importlib.import_module("datasets")
-    except ImportError:
-        pytest.skip("datasets (Hugging Face) is not installed; it is in the test extra")
-    finally:
-        sys.path[:] = saved
+    flags = [] if installed else ["-S"]  # -S: no site-packages, so no Hugging Face datasets
+    if installed:
+        pytest.importorskip("datasets", reason="datasets (Hugging Face) is in the test extra")
+    code = "import datasets; print(datasets.__file__); print(hasattr(datasets, 'load_dataset'))"
+    proc = subprocess.run([sys.executable, *flags, "-c", code], cwd=REPO, capture_output=True, text=True)
+    if installed:
+        assert proc.returncode == 0, proc.stderr
+        path, loads = proc.stdout.split()
+        assert Path(path).resolve().parent != REPO / "datasets" and loads == "True", proc.stdout
+    else:
+        assert proc.returncode == 1 and "ModuleNotFoundError: No module named 'datasets'" in proc.stderr, proc.stderr
 
 
 @pytest.fixture(scope="module")
