@@ -52,7 +52,9 @@ class Snapshots(NoCheckpoint):
 
     With a ``saver`` (a :class:`Checkpointer`), DM's loop state is saved on the saver's schedule
     together with the curve so far (its points, the distillation seconds spent, the run it belongs
-    to), and a restarted run continues from it instead of from iteration 0.
+    to), and a restarted run continues from it instead of from iteration 0. ``run`` is the trial id,
+    which covers everything that shapes the curve (dataset, method and its parameters, weighting,
+    IPC, seed, protocol); ``label`` is its readable form for messages.
     """
 
     def __init__(
@@ -61,10 +63,11 @@ class Snapshots(NoCheckpoint):
         evaluate: Callable[[int, torch.Tensor, float], None],
         run: str = "",
         saver: NoCheckpoint | None = None,
+        label: str = "",
     ) -> None:
         self.at = set(at)
         self.evaluate = evaluate
-        self.run = run
+        self.run, self.label = run, label or run
         self.saver = saver or NoCheckpoint()
         self.points: list[dict[str, Any]] = []
         self._t0 = time.perf_counter()
@@ -82,13 +85,13 @@ class Snapshots(NoCheckpoint):
 
     # The curve travels in the checkpoint file as one more object with a state dict.
     def state_dict(self) -> dict[str, Any]:
-        return {"run": self.run, "points": list(self.points), "seconds": self.seconds()}
+        return {"run": self.run, "label": self.label, "points": list(self.points), "seconds": self.seconds()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["run"] != self.run:
             raise DistillBenchError(
-                f"the checkpoint holds a curve of another run ({state['run']}), not of {self.run}; "
-                "delete it or pass another --checkpoint"
+                f"the checkpoint holds a curve of another run ({state.get('label', state['run'])}), not of "
+                f"{self.label}; delete it or pass another --checkpoint"
             )
         self.points[:] = state["points"]
         self._before = float(state["seconds"])
@@ -147,8 +150,11 @@ def run_curve(
             flush=True,
         )
 
-    run = f"{resolved.dataset.display} {resolved.method.display} {resolved.weighting.display} ipc={ipc} seed={seed}"
-    snapshots = Snapshots(at, evaluate, run=run, saver=checkpoint)
+    label = (
+        f"{resolved.dataset.display} {resolved.method.display} {resolved.weighting.display} ipc={ipc} seed={seed} "
+        f"protocol={resolved.protocol.name}"
+    )
+    snapshots = Snapshots(at, evaluate, run=resolved.trial_id, saver=checkpoint, label=label)
     distill_set(resolved, data, device=dev, checkpoint=snapshots)
     snapshots.saver.clear()
     return {

@@ -92,6 +92,8 @@ def test_bias_curve_continues_an_interrupted_run(
 
     with pytest.raises(DistillBenchError, match="another run"):
         bias_curve.run_curve(*args, seed=1, checkpoint=Checkpointer(ckpt, every=2))
+    with pytest.raises(DistillBenchError, match="another run .* protocol=tiny-test.*protocol=quick-v1"):
+        bias_curve.run_curve(*args[:-1], "quick-v1", checkpoint=Checkpointer(ckpt, every=2))  # points would mix
 
     calls.clear()
     resumed = bias_curve.run_curve(*args, checkpoint=Checkpointer(ckpt, every=2))
