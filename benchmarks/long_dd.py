@@ -77,6 +77,7 @@ from fidelity_text import (  # noqa: E402
 )
 
 from distillbench.harness.checkpoint import Checkpointer  # noqa: E402
+from distillbench.harness.errors import ConfigError, DistillBenchError  # noqa: E402
 from distillbench.harness.evaluate import evaluate  # noqa: E402
 from distillbench.harness.plugins import METHODS, PROTOCOLS  # noqa: E402
 from distillbench.harness.seeding import derive_seed, torch_generator  # noqa: E402
@@ -105,6 +106,7 @@ def run_curve(
     seed: int,
     seed_salt: str,
     full_spec: str,
+    dataset_spec: str,
     spec_at: Callable[[int], str],
     milestones: list[int],
     header: Callable[[int], str],
@@ -119,11 +121,20 @@ def run_curve(
     evaluated with ``protocol`` (evaluation seed ``seed``) and the JSON line ``point(epochs, result,
     seconds, leg_epochs)`` appended (``seconds``: the distillation time of this leg, ``leg_epochs``:
     the epochs it ran); ``header(points_done)`` and ``line(...)`` (same arguments) are printed.
-    Returns the number of points added.
+    Returns the number of points added. Raises ``ConfigError`` when the curve file holds points of another
+    run (another ``full_spec`` or ``dataset_spec``), before any work.
     """
+    run = {"spec": full_spec, "dataset_spec": dataset_spec}
     curve_path = out / f"{slug}.jsonl"
     lines = curve_path.read_text().splitlines() if curve_path.exists() else []
     done = {json.loads(text)["epochs"] for text in lines}
+    for text in lines:  # points of another run (another dataset or run length) would join this curve
+        other = {k: v for k, v in json.loads(text).items() if k in run}
+        if other != {k: v for k, v in run.items() if k in other}:
+            raise ConfigError(
+                f"{curve_path} holds a curve of another run ({other}), not of {run}; "
+                "pass another --out or move the file (and its .ckpt) away"
+            )
     checkpoint = Checkpointer(out / f"{slug}.ckpt", every=1)
     print(header(len(done)), flush=True)
     # The seed of the full-length spec, so every milestone continues the same run.
@@ -164,6 +175,7 @@ def run_mnist(args: argparse.Namespace) -> int:
         seed=args.seed,
         seed_salt="fidelity_dd",
         full_spec=full_spec,
+        dataset_spec=args.dataset,
         spec_at=lambda epochs: spec_for(setting, args.net, epochs, per_epoch)[0],
         milestones=milestones,
         header=lambda done: (
@@ -181,6 +193,7 @@ def run_mnist(args: argparse.Namespace) -> int:
             "distill_seconds_this_leg": round(seconds, 1),
             "reported": setting.reported,
             "spec": full_spec,
+            "dataset_spec": args.dataset,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         },
         line=lambda epochs, result, seconds, _: (
@@ -214,9 +227,9 @@ def text_baselines(args: argparse.Namespace, name: str, dataset: str, data: Data
 def run_text(args: argparse.Namespace) -> int:
     """Text DD on one dataset, hard or soft labels, ``--ipc`` sentences per class, with its text-v1 curve."""
     if args.labels is None or args.ipc is None:
-        raise SystemExit("--text needs --labels and --ipc")
+        raise ConfigError("--text needs --labels and --ipc")
     if "epochs" in parse_options(args.dd):
-        raise SystemExit("set the run length with --epochs, not --dd epochs=...")
+        raise ConfigError("set the run length with --epochs, not --dd epochs=...")
     name = args.text
     args.data_root = str(args.data_root or Path("../shared/data"))
     dataset_options = parse_options(args.dataset_options)
@@ -248,6 +261,7 @@ def run_text(args: argparse.Namespace) -> int:
         seed=args.seed,
         seed_salt="long_dd_text",
         full_spec=full_spec,
+        dataset_spec=dataset,
         spec_at=spec_at,
         milestones=milestones,
         header=lambda done: (
@@ -308,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    return run_text(args) if args.text is not None else run_mnist(args)
+    try:
+        return run_text(args) if args.text is not None else run_mnist(args)
+    except DistillBenchError as exc:  # a missing dataset, a bad option, another run's curve: one line
+        print(f"long_dd: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

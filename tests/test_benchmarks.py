@@ -56,13 +56,18 @@ def test_long_dd_mnist_mode_keeps_its_files(tmp_path: Path, capsys: pytest.Captu
     points = [json.loads(line) for line in curve.read_text().splitlines()]
     assert [p["epochs"] for p in points] == [1, 2]
     assert list(points[0]) == [
-        "setting", "seed", "epochs", "iterations", "acc", "distill_seconds_this_leg", "reported", "spec", "time",
+        "setting", "seed", "epochs", "iterations", "acc", "distill_seconds_this_leg", "reported", "spec",
+        "dataset_spec", "time",
     ]  # fmt: skip
     assert points[0]["spec"].startswith("dd[distill_steps=1,distill_epochs=3,distill_lr=0.02,lr=0.01,epochs=2,")
     capsys.readouterr()
     assert long_dd.main([*argv, "--every", "1", "--out", str(tmp_path)]) == 0
     assert len(curve.read_text().splitlines()) == 2
     assert "points at [1, 2]; 2 already done" in capsys.readouterr().out
+    # Another run length (or dataset) in the same folder would add its points to this curve: refused, one line.
+    assert long_dd.main([*argv[:-1], "3", "--every", "1", "--out", str(tmp_path)]) == 2
+    assert "holds a curve of another run" in capsys.readouterr().err
+    assert len(curve.read_text().splitlines()) == 2
 
 
 def test_bias_curve_continues_an_interrupted_run(
