@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from distillbench.harness.checkpoint import Checkpointer, NoCheckpoint
-from distillbench.harness.errors import DistillBenchError
+from distillbench.harness.errors import DistillBenchError, one_line_errors
 from distillbench.harness.runner import distill_set, evaluate_set, load_data
 from distillbench.harness.spec import TrialSpec
 from distillbench.harness.types import DistilledSet
@@ -169,6 +169,7 @@ def run_curve(
     }
 
 
+@one_line_errors("bias_curve")  # an unknown name, a bad parameter, a missing dataset: one line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="colored_mnist", help="dataset spec (default: 5%% conflicting)")
@@ -199,24 +200,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     saver = Checkpointer(Path(args.checkpoint), every_s=args.checkpoint_s) if args.checkpoint else None
-    try:
-        if saver is not None:
-            saver.check_writable()
-        result = run_curve(
-            args.dataset,
-            args.data_root,
-            args.weighting,
-            args.ipc,
-            at,
-            args.dm,
-            args.protocol,
-            args.seed,
-            args.device,
-            checkpoint=saver,
-        )
-    except DistillBenchError as exc:  # an unknown name, a bad parameter, a missing dataset: one line
-        print(f"bias_curve: {exc}", file=sys.stderr)
-        return 2
+    if saver is not None:
+        saver.check_writable()
+    result = run_curve(
+        args.dataset,
+        args.data_root,
+        args.weighting,
+        args.ipc,
+        at,
+        args.dm,
+        args.protocol,
+        args.seed,
+        args.device,
+        checkpoint=saver,
+    )
     if args.json:
         print(json.dumps(result))
     return 0

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from distillbench.harness.errors import one_line_errors
 from distillbench.harness.protocols import CPU_REDUCED_V1
-from distillbench.harness.runner import run_trial
+from distillbench.harness.runner import default_data_root, load_data, run_trial
 from distillbench.harness.spec import TrialSpec
 
 # Reported test accuracy (%) with ConvNet under the DC/DSA/DM protocol, from ../shared/METHODS.md
@@ -70,6 +71,7 @@ def reduced_protocol() -> str:
     return CPU_REDUCED_V1.name
 
 
+@one_line_errors("fidelity")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="mnist")
@@ -88,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         specs[key] = value
     protocol = reduced_protocol() if args.reduced else "convnet-v1"
+    unknown = sorted(set(args.methods) - set(specs))
+    if unknown:
+        parser.error(f"no spec for --methods {', '.join(unknown)}; known: {', '.join(specs)} (or add one with --spec)")
+    # The data once up front: a missing dataset is one line now, not a table of failed trials later.
+    first = TrialSpec(args.dataset, specs[args.methods[0]], ipc=args.ipc[0], protocol=protocol, grid="fidelity")
+    load_data(first.resolve(), Path(args.data_root) if args.data_root else default_data_root())
     rows = []
     for method in args.methods:
         for ipc in args.ipc:

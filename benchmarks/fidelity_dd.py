@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from distillbench.harness.errors import one_line_errors
 from distillbench.harness.evaluate import evaluate
 from distillbench.harness.plugins import DATASETS, METHODS, PROTOCOLS
 from distillbench.harness.seeding import derive_seed, torch_generator
@@ -119,6 +120,7 @@ def spec_for(setting: Setting, net: str, epochs: int | None, per_epoch: int) -> 
     return f"dd[{body}]", run_epochs, decay
 
 
+@one_line_errors("fidelity_dd")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data/mnist-10k"))

@@ -57,6 +57,8 @@ from typing import Any
 
 import torch
 
+from distillbench.harness.errors import one_line_errors
+
 # What the paper's IMDB run used (METHODS.md section 2), in dd's parameter names.
 PAPER_DD = {
     "net": "textcnn",
@@ -245,6 +247,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@one_line_errors("fidelity_text")
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

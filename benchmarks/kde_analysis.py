@@ -46,7 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bias_curve import COLUMNS, run_curve  # noqa: E402
 
-from distillbench.harness.errors import DistillBenchError  # noqa: E402
+from distillbench.harness.errors import one_line_errors  # noqa: E402
 from distillbench.harness.plugins import DATASETS, PROTOCOLS, WEIGHTINGS  # noqa: E402
 from distillbench.harness.runner import evaluate_set  # noqa: E402
 from distillbench.harness.stages import Weighting  # noqa: E402
@@ -261,6 +261,7 @@ def cmd_subsets(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+@one_line_errors("kde_analysis")  # an unknown name, a bad parameter, a missing dataset: one line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("weights", "ablate", "subsets"))
@@ -282,11 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("ablate needs --out (a JSON-lines file it appends to and resumes from)")
     torch.set_num_threads(args.threads)
     command = {"weights": cmd_weights, "ablate": cmd_ablate, "subsets": cmd_subsets}[args.command]
-    try:
-        rows = command(args)
-    except DistillBenchError as exc:
-        print(f"kde_analysis: {exc}", file=sys.stderr)
-        return 2
+    rows = command(args)
     if args.json:
         print(json.dumps(rows))
     return 0

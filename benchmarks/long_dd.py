@@ -77,7 +77,7 @@ from fidelity_text import (  # noqa: E402
 )
 
 from distillbench.harness.checkpoint import Checkpointer  # noqa: E402
-from distillbench.harness.errors import ConfigError, DistillBenchError  # noqa: E402
+from distillbench.harness.errors import ConfigError, one_line_errors  # noqa: E402
 from distillbench.harness.evaluate import evaluate  # noqa: E402
 from distillbench.harness.plugins import METHODS, PROTOCOLS  # noqa: E402
 from distillbench.harness.seeding import derive_seed, torch_generator  # noqa: E402
@@ -293,6 +293,7 @@ def run_text(args: argparse.Namespace) -> int:
     return 0
 
 
+@one_line_errors("long_dd")  # a missing dataset, a bad option, another run's curve: one line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -322,11 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        return run_text(args) if args.text is not None else run_mnist(args)
-    except DistillBenchError as exc:  # a missing dataset, a bad option, another run's curve: one line
-        print(f"long_dd: {exc}", file=sys.stderr)
-        return 2
+    return run_text(args) if args.text is not None else run_mnist(args)
 
 
 if __name__ == "__main__":

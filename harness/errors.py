@@ -7,6 +7,10 @@ exits with status 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
+
 
 class DistillBenchError(Exception):
     """Base class of errors caused by user input; the message says what is wrong and how to fix it."""
@@ -41,3 +45,25 @@ class DataError(DistillBenchError):
 
 class DivergedError(RuntimeError):
     """Raised by a method when its loss became NaN or infinite; the trial ends with status ``diverged``."""
+
+
+def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate a script's ``main(argv) -> int`` to report bad input as the CLI does.
+
+    A :class:`DistillBenchError` (a missing dataset, an unknown name, a bad option) becomes the line
+    ``<prog>: <message>`` on stderr and exit status 2; any other exception is a bug and keeps its traceback.
+    The benchmark scripts use it; so can a plugin's own scripts.
+    """
+
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def wrapped(*args: object, **kwargs: object) -> int:
+            try:
+                return main(*args, **kwargs)
+            except DistillBenchError as exc:
+                print(f"{prog}: {exc}", file=sys.stderr)
+                return 2
+
+        return wrapped
+
+    return decorate

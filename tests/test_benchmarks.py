@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +21,7 @@ def script(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import would: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -118,3 +120,26 @@ def test_bias_curve_refuses_an_unwritable_checkpoint(tmp_path: Path, capsys: pyt
     assert script("bias_curve").main([*argv, "--checkpoint", str(tmp_path / "file" / "curve.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bias_curve: cannot write the checkpoint") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("name", "argv"),
+    [
+        ("bias_curve", ["--dataset", "mnist"]),
+        ("long_dd", ["--only", "0", "--dataset", "mnist", "--out", "{tmp}/out"]),
+        ("fidelity", ["--dataset", "mnist", "--methods", "random"]),
+        ("fidelity_dd", ["--dataset", "mnist"]),
+        ("fidelity_text", ["--datasets", "sst2"]),
+        ("kde_analysis", ["weights"]),
+    ],
+)
+def test_a_missing_dataset_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, argv: list[str]
+) -> None:
+    """Each benchmark script that reads data reports a missing dataset as one line naming it and exits 2,
+    before any work (fidelity once, not as a table of failed trials)."""
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert script(name).main([*argv, "--data-root", str(tmp_path / "nothing")]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith(f"{name}: ") and "missing" in err, err
+    assert "|" not in out, f"{name} printed a table for a run that could not start:\n{out}"
