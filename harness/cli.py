@@ -35,8 +35,12 @@ def _fmt(text: str) -> str:
 FOREIGN_FORMATS = "distillbench, dc-res, mtt, datm, image-folder, hf"  # harness/formats.py FORMATS; docs/formats.md
 
 
-def _format_arguments(parser: argparse.ArgumentParser, *, default: str) -> None:
-    """``--format``, ``--dataset`` and the declarations of a foreign set's values (docs/formats.md)."""
+def _format_arguments(command: argparse.ArgumentParser, *, default: str) -> None:
+    """``--format``, ``--dataset`` and the declarations of a foreign set's values (docs/formats.md).
+
+    They are one group in ``--help``: a distillbench set needs none of them.
+    """
+    parser = command.add_argument_group("sets in another repository's format (docs/formats.md)")
     parser.add_argument(
         "--format",
         default=default,
