@@ -326,18 +326,22 @@ def claim_is_free(
     """Whether a claim document leaves its key free for ``owner``.
 
     Free when there is no (readable) document, when it is ``owner``'s own, when it names a process on this
-    host that no longer runs (a killed driver or worker: no need to wait out the expiry), or when its
-    heartbeat is older than ``expiry_s`` (default :data:`CLAIM_EXPIRY_S`; clocks of the machines that share
-    the store must agree to well within it). Drivers and workers decide with this one function, so a
+    host that no longer runs (a killed driver or worker: no need to wait out the expiry), when the driver
+    it names (``driver_host``, ``driver_pid``: the one that would write a trial's row) is a process on this
+    host that no longer runs (its worker may live on for a while, but its work can no longer land), or when
+    its heartbeat is older than ``expiry_s`` (default :data:`CLAIM_EXPIRY_S`; clocks of the machines that
+    share the store must agree to well within it). Drivers and workers decide with this one function, so a
     driver's look before scheduling and a worker's take agree.
     """
     if document is None:
         return True
     if owner is not None and document.get("owner") == owner:
         return True
-    pid = document.get("pid")
-    if document.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
-        return True
+    here = socket.gethostname()
+    processes = ((document.get("host"), document.get("pid")), (document.get("driver_host"), document.get("driver_pid")))
+    for host, pid in processes:
+        if host == here and isinstance(pid, int) and not isinstance(pid, bool) and not _alive(pid):
+            return True
     heartbeat = document.get("time")
     expiry = CLAIM_EXPIRY_S if expiry_s is None else expiry_s
     return not isinstance(heartbeat, (int, float)) or time.time() - heartbeat > expiry

@@ -151,7 +151,7 @@ def _trainable(config: dict[str, Any]) -> None:
         claim = artefacts.Claim(
             _claim_target(config["results"], trial["trial_id"]),
             owner=config["claim_owner"],
-            info={"driver": config.get("driver")},
+            info={key: config.get(key) for key in _driver()},
         )
         holder = claim.try_acquire()
         if holder is not None:
@@ -500,8 +500,21 @@ def _worker_config(
         "artefacts": store.location(artefacts).uri if artefacts is not None else None,
         "plugins": list(plugins),
         "claim_owner": run_id,
-        "driver": f"{socket.gethostname()} pid {os.getpid()}",
+        **_driver(),
         "report_interval": _report_interval(),
+    }
+
+
+def _driver() -> dict[str, Any]:
+    """This driver, as a trial's claim names it.
+
+    For messages, and for ``claim_is_free``, which frees the claim of a worker whose driver died on the same
+    host (the driver writes the rows: that worker's work is lost).
+    """
+    return {
+        "driver": f"{socket.gethostname()} pid {os.getpid()}",
+        "driver_host": socket.gethostname(),
+        "driver_pid": os.getpid(),
     }
 
 
@@ -1290,7 +1303,7 @@ def run_searches(
             claim = _claims.Claim(
                 where / "claims" / f"tuning-{search.tuning_id}.json",
                 owner=run_id,
-                info={"driver": f"{socket.gethostname()} pid {os.getpid()}"},
+                info=_driver(),
             )
             holder = claim.try_acquire()
             if holder is not None:

@@ -143,6 +143,19 @@ class TestClaimPrimitives:
         assert not artefacts.claim_is_free({**document, "host": "elsewhere"}, owner="run-b")
         assert artefacts.Claim(claims_dir / "t4.json", owner="run-b").try_acquire() is None
 
+    def test_live_worker_of_a_dead_driver_frees_the_claim(self, claims_dir):
+        """A worker still running after its driver was killed (Ray's processes outlive a SIGKILLed driver for a
+        while) holds a claim whose row can never be written: the driver writes rows. A rerun takes it at once;
+        a worker whose driver lives, or whose driver is on another machine, keeps it."""
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        here = socket.gethostname()
+        document = {"owner": "gone", "token": "x", "host": here, "pid": os.getpid(), "time": time.time()}
+        orphan = {**document, "driver_host": here, "driver_pid": int(dead.stdout)}
+        assert artefacts.claim_is_free(orphan, owner="run-b")
+        assert not artefacts.claim_is_free({**orphan, "driver_pid": os.getpid()}, owner="run-b")
+        assert not artefacts.claim_is_free({**orphan, "driver_host": "elsewhere"}, owner="run-b")
+        assert not artefacts.claim_is_free(document, owner="run-b")  # a claim without a driver: as before
+
 
 def _race(path: str, owner: str, start: float, queue, done) -> None:
     time.sleep(max(0.0, start - time.time()))

@@ -95,6 +95,6 @@ def test_interrupt_then_rerun_completes_exactly_the_missing_trials(grid_file, tm
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     after = _rows(results)
-    assert len(after) == N_TRIALS, f"expected one row per trial, got {len(after)}"
+    assert len(after) == N_TRIALS, f"expected one row per trial, got {len(after)}; the rerun said:\n{done.stdout}"
     assert all(after[name] == mtime for name, mtime in before.items()), "a finished trial was run again"
     assert f"{len(before)} already done" in done.stdout, done.stdout
