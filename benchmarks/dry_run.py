@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--timeout", type=float, default=900, help="seconds before one size is given up (killed)")
     args = parser.parse_args(argv)
+    if min(args.sizes) < 1:
+        parser.error(f"--sizes must be at least 1, got {min(args.sizes)}")
     print("| trials | first trial line (s) | total (s) | peak RSS (MB) | exit | lines | first line printed |")
     print("|---:|---:|---:|---:|---|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:

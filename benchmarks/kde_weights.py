@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--bandwidth", default="median", help="median, scott, silverman or a number")
     parser.add_argument("--chunk", type=int, default=2048, help="rows per block of pairwise distances")
     args = parser.parse_args()
+    if min(args.n, args.dim, args.threads, args.chunk) < 1:
+        parser.error("--n, --dim, --threads and --chunk must be at least 1")
     torch.set_num_threads(args.threads)
     bandwidth: float | str = args.bandwidth
     with contextlib.suppress(ValueError):

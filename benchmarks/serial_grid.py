@@ -19,11 +19,13 @@ from pathlib import Path
 import torch
 
 from distillbench.harness import store
+from distillbench.harness.errors import one_line_errors
 from distillbench.harness.runner import run_trial
 from distillbench.harness.spec import load_grid_file
 from distillbench.harness.workflow import data_root as resolve_data_root
 
 
+@one_line_errors("serial_grid")  # a missing or bad grid file, a missing dataset: one line
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("grid", help="YAML grid file")

@@ -158,6 +158,8 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per operation before it is killed")
     args = parser.parse_args()
+    if min(args.sizes) < 1:
+        parser.error(f"--sizes must be at least 1, got {min(args.sizes)}")
     results_table = []
     base: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="distillbench-store-bench-") as tmp:

@@ -152,6 +152,8 @@ def main() -> None:
         "--agreement", action="store_true", help="also compare TESLA's gradient with full backpropagation's"
     )
     args = parser.parse_args()
+    if args.iterations < 1 or args.threads < 1:
+        parser.error(f"--iterations and --threads must be at least 1, got {args.iterations} and {args.threads}")
     if args.one:
         print(json.dumps(measure(json.loads(args.one), args.tesla, args.iterations, args.threads)))
         return

@@ -131,15 +131,16 @@ def test_bias_curve_refuses_an_unwritable_checkpoint(tmp_path: Path, capsys: pyt
         ("fidelity_dd", ["--dataset", "mnist"]),
         ("fidelity_text", ["--datasets", "sst2"]),
         ("kde_analysis", ["weights"]),
+        ("serial_grid", ["{tmp}/missing.yaml", "--results", "{tmp}/results"]),
     ],
 )
-def test_a_missing_dataset_is_one_line_and_exit_2(
+def test_a_missing_input_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, argv: list[str]
 ) -> None:
-    """Each benchmark script that reads data reports a missing dataset as one line naming it and exits 2,
-    before any work (fidelity once, not as a table of failed trials)."""
+    """Each benchmark script that reads data reports a missing dataset (or grid file) as one line naming it and
+    exits 2, before any work (fidelity once, not as a table of failed trials)."""
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert script(name).main([*argv, "--data-root", str(tmp_path / "nothing")]) == 2
     out, err = capsys.readouterr()
-    assert err.count("\n") == 1 and err.startswith(f"{name}: ") and "missing" in err, err
+    assert err.count("\n") == 1 and err.startswith(f"{name}: ") and ("missing" in err or "not found" in err), err
     assert "|" not in out, f"{name} printed a table for a run that could not start:\n{out}"
