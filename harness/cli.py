@@ -16,9 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from distillbench.harness.errors import DistillBenchError
-
-EXIT_USAGE = 2
+from distillbench.harness.errors import EXIT_USAGE, DistillBenchError
 
 
 class _Parser(argparse.ArgumentParser):

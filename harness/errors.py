@@ -11,6 +11,9 @@ import functools
 import sys
 from collections.abc import Callable
 
+# The exit status of bad input, for the CLI and every script.
+EXIT_USAGE = 2
+
 
 class DistillBenchError(Exception):
     """Base class of errors caused by user input; the message says what is wrong and how to fix it."""
@@ -62,7 +65,7 @@ def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., i
                 return main(*args, **kwargs)
             except DistillBenchError as exc:
                 print(f"{prog}: {exc}", file=sys.stderr)
-                return 2
+                return EXIT_USAGE
 
         return wrapped
 
